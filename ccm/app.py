@@ -1,0 +1,60 @@
+"""create_app(): every router, the error handlers, and the lifespan (which runs the embedded worker)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+import ccm
+from ccm import problems
+from ccm.audit.router import router as audit_router
+from ccm.auth.router import router as keys_router
+from ccm.config import Settings, get_settings
+from ccm.customers.router import router as customers_router
+from ccm.db import Database
+from ccm.health import router as health_router
+from ccm.middleware import RequestContextMiddleware
+from ccm.worker import EmbeddedWorker, configure_broker
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, *, database: Database | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    database = database or Database(settings.resolved_database_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        worker = None
+        if settings.embedded:
+            worker = EmbeddedWorker(configure_broker(settings))
+            worker.start()
+        try:
+            yield
+        finally:
+            if worker is not None:
+                worker.stop()
+            database.dispose()
+
+    app = FastAPI(
+        title="ccm",
+        version=ccm.__version__,
+        summary="Customer communication management",
+        lifespan=lifespan,
+        docs_url="/docs" if settings.api_docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.api_docs else None,
+    )
+    app.state.settings = settings
+    app.state.database = database
+    app.add_middleware(RequestContextMiddleware)
+    problems.install(app)
+
+    app.include_router(health_router)
+    app.include_router(keys_router)
+    app.include_router(customers_router)
+    app.include_router(audit_router)
+    return app

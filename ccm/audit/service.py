@@ -1,0 +1,225 @@
+"""Appending to the audit chain and verifying it.
+
+Each event's hash is SHA-256 over `header + "\\n" + payload`, where `header` is the canonical JSON array
+`[seq, occurred_at, actor, action, subject_type, subject_id, prev_hash]` and `payload` the canonical JSON
+text of the event's payload. Canonical JSON: keys sorted, no insignificant white space, UTF-8, no NaN.
+docs/audit.md describes the format so an auditor can check an export without ccm.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import enum
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ccm.audit.models import GENESIS_HASH, AuditChainHead, AuditEvent
+from ccm.db import utcnow
+
+CHAIN_HEAD_ID = 1
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return format_timestamp(value)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID | decimal.Decimal):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    raise TypeError(f"{type(value).__name__} cannot go into an audit payload")
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(
+        value,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+        default=_json_default,
+    )
+
+
+def format_timestamp(value: dt.datetime) -> str:
+    """UTC with microseconds, the precision both SQLite and PostgreSQL keep."""
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def event_digest(
+    *,
+    seq: int,
+    occurred_at: dt.datetime,
+    actor: str,
+    action: str,
+    subject_type: str,
+    subject_id: str,
+    prev_hash: str,
+    payload: str,
+) -> str:
+    header = canonical_json(
+        [seq, format_timestamp(occurred_at), actor, action, subject_type, subject_id, prev_hash]
+    )
+    return hashlib.sha256(f"{header}\n{payload}".encode()).hexdigest()
+
+
+def append(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    subject_type: str,
+    subject_id: str,
+    payload: Mapping[str, Any] | None = None,
+) -> AuditEvent:
+    """Record an event chained to the previous one, inside the caller's transaction.
+
+    The chain head stays locked until the caller commits, so call this as the last write of a transaction.
+    """
+    head = session.execute(
+        select(AuditChainHead).where(AuditChainHead.id == CHAIN_HEAD_ID).with_for_update()
+    ).scalar_one()
+    occurred_at = utcnow()
+    seq = head.seq + 1
+    payload_text = canonical_json(dict(payload or {}))
+    digest = event_digest(
+        seq=seq,
+        occurred_at=occurred_at,
+        actor=actor,
+        action=action,
+        subject_type=subject_type,
+        subject_id=subject_id,
+        prev_hash=head.hash,
+        payload=payload_text,
+    )
+    event = AuditEvent(
+        seq=seq,
+        occurred_at=occurred_at,
+        actor=actor,
+        action=action,
+        subject_type=subject_type,
+        subject_id=subject_id,
+        payload=payload_text,
+        prev_hash=head.hash,
+        hash=digest,
+    )
+    session.add(event)
+    head.seq = seq
+    head.hash = digest
+    session.flush()
+    return event
+
+
+@dataclass(frozen=True)
+class ChainProblem:
+    seq: int
+    problem: str
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    events_checked: int
+    head_seq: int
+    head_hash: str
+    first_problem: ChainProblem | None
+
+    @property
+    def ok(self) -> bool:
+        return self.first_problem is None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "events_checked": self.events_checked,
+            "head": {"seq": self.head_seq, "hash": self.head_hash},
+            "first_problem": (
+                {"seq": self.first_problem.seq, "problem": self.first_problem.problem}
+                if self.first_problem
+                else None
+            ),
+        }
+
+
+def verify(session: Session, *, batch_size: int = 5000) -> VerifyResult:
+    """Recompute the whole chain from the first event and report the first event that does not fit."""
+    head = session.get(AuditChainHead, CHAIN_HEAD_ID)
+    head_seq, head_hash = (head.seq, head.hash) if head else (0, GENESIS_HASH)
+    columns = (
+        AuditEvent.seq,
+        AuditEvent.occurred_at,
+        AuditEvent.actor,
+        AuditEvent.action,
+        AuditEvent.subject_type,
+        AuditEvent.subject_id,
+        AuditEvent.payload,
+        AuditEvent.prev_hash,
+        AuditEvent.hash,
+    )
+    rows = session.execute(select(*columns).order_by(AuditEvent.seq).execution_options(yield_per=batch_size))
+    expected_seq = 1
+    prev_hash = GENESIS_HASH
+    checked = 0
+
+    def result(problem: ChainProblem | None) -> VerifyResult:
+        return VerifyResult(checked, head_seq, head_hash, problem)
+
+    for seq, occurred_at, actor, action, subject_type, subject_id, payload, stored_prev, stored_hash in rows:
+        if seq != expected_seq:
+            if seq > expected_seq:
+                missing = (
+                    f"event {expected_seq}" if seq == expected_seq + 1 else f"events {expected_seq}-{seq - 1}"
+                )
+                return result(
+                    ChainProblem(
+                        expected_seq, f"{missing} missing: event {seq} follows event {expected_seq - 1}"
+                    )
+                )
+            return result(ChainProblem(seq, f"event {seq} appears out of order"))
+        if stored_prev != prev_hash:
+            return result(
+                ChainProblem(seq, f"event {seq} does not link to event {seq - 1}: one of them was altered")
+            )
+        digest = event_digest(
+            seq=seq,
+            occurred_at=occurred_at,
+            actor=actor,
+            action=action,
+            subject_type=subject_type,
+            subject_id=subject_id,
+            prev_hash=stored_prev,
+            payload=payload,
+        )
+        if digest != stored_hash:
+            return result(ChainProblem(seq, f"event {seq} was altered: its content does not match its hash"))
+        checked += 1
+        prev_hash = stored_hash
+        expected_seq += 1
+
+    last_seq = expected_seq - 1
+    if last_seq < head_seq:
+        missing = f"event {head_seq}" if head_seq == last_seq + 1 else f"events {last_seq + 1}-{head_seq}"
+        return result(
+            ChainProblem(last_seq + 1, f"{missing} missing: the chain head records event {head_seq}")
+        )
+    if last_seq > head_seq:
+        return result(
+            ChainProblem(
+                head_seq + 1, f"event {head_seq + 1} was added outside ccm: the chain head ends at {head_seq}"
+            )
+        )
+    if prev_hash != head_hash:
+        return result(
+            ChainProblem(last_seq, f"event {last_seq} does not match the hash the chain head records")
+        )
+    return result(None)

@@ -1,0 +1,1 @@
+"""API keys, roles and the dependencies every endpoint uses to require them."""

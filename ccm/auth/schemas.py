@@ -1,0 +1,46 @@
+"""API key request and response bodies."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from ccm.auth.models import Role
+
+KeyName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: KeyName
+    role: Role
+
+
+class KeyOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    role: Role
+    prefix: str
+    created_at: dt.datetime
+    created_by: str
+    revoked_at: dt.datetime | None
+    revoked_by: str | None
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="The key itself. It is shown this once and cannot be recovered.")
+
+
+class KeyList(BaseModel):
+    items: list[KeyOut]
+
+
+class WhoAmI(BaseModel):
+    key_id: str
+    name: str
+    role: Role

@@ -1,0 +1,184 @@
+"""Settings: the one place that reads the environment (prefix CCM_)."""
+
+from __future__ import annotations
+
+import enum
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+import phonenumbers
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+
+class SmtpSecurity(enum.StrEnum):
+    none = "none"
+    starttls = "starttls"
+    ssl = "ssl"
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Settings(BaseSettings):
+    """Every setting ccm reads, validated at start-up; a bad value names its variable."""
+
+    model_config = SettingsConfigDict(env_prefix="CCM_", extra="ignore", frozen=True)
+
+    data_dir: Path = Path("./var")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; unset means a SQLite file in the data dir."
+    )
+    broker_url: str | None = Field(default=None, description="redis:// URL; unset means the embedded worker.")
+    public_base_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8000")
+    admin_api_key: SecretStr | None = Field(
+        default=None, description="Optional bootstrap key with the admin role, for creating the first keys."
+    )
+    log_level: str = "INFO"
+    api_docs: bool = Field(
+        default=True,
+        description="Serve the API reference at /docs and /openapi.json (no data, no key needed).",
+    )
+
+    smtp_host: str | None = None
+    smtp_port: Port = 25
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_security: SmtpSecurity = SmtpSecurity.none
+    email_from: str = "ccm@localhost"
+
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_from_number: str | None = None
+    twilio_messaging_service_sid: str | None = None
+    twilio_api_base: AnyHttpUrl | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        try:
+            url = make_url(value)
+        except ArgumentError as exc:
+            raise ValueError("not a database URL (expected sqlite:///path or postgresql://...)") from exc
+        backend = url.get_backend_name()
+        if backend == "postgresql":
+            # psycopg 3 is the driver we ship; a bare postgresql:// would ask for psycopg2.
+            return url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+        if backend == "sqlite":
+            return value
+        raise ValueError(f"unsupported database '{backend}': use sqlite or postgresql")
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("expected a redis:// or rediss:// URL")
+        return value
+
+    @field_validator("admin_api_key")
+    @classmethod
+    def _admin_api_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value() == "":
+            return None
+        if len(value.get_secret_value()) < 24:
+            raise ValueError("too short: use at least 24 random characters")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
+        return level
+
+    @field_validator("twilio_account_sid")
+    @classmethod
+    def _account_sid(cls, value: str | None) -> str | None:
+        if value and not (value.startswith("AC") and len(value) == 34):
+            raise ValueError("a Twilio account SID starts with AC and has 34 characters")
+        return value or None
+
+    @field_validator("twilio_messaging_service_sid")
+    @classmethod
+    def _messaging_service_sid(cls, value: str | None) -> str | None:
+        if value and not (value.startswith("MG") and len(value) == 34):
+            raise ValueError("a Twilio messaging service SID starts with MG and has 34 characters")
+        return value or None
+
+    @field_validator("twilio_from_number")
+    @classmethod
+    def _from_number(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        try:
+            number = phonenumbers.parse(value, None)
+        except phonenumbers.NumberParseException as exc:
+            raise ValueError("expected a phone number in E.164 form, such as +447700900123") from exc
+        if not phonenumbers.is_valid_number(number):
+            raise ValueError("not a valid phone number")
+        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+    @model_validator(mode="after")
+    def _twilio_complete(self) -> Settings:
+        given = {
+            "CCM_TWILIO_ACCOUNT_SID": self.twilio_account_sid,
+            "CCM_TWILIO_AUTH_TOKEN": self.twilio_auth_token,
+        }
+        if any(given.values()) and not all(given.values()):
+            missing = ", ".join(name for name, value in given.items() if not value)
+            raise ValueError(f"Twilio is half configured: {missing} is missing")
+        if self.twilio_configured and not (self.twilio_from_number or self.twilio_messaging_service_sid):
+            raise ValueError(
+                "Twilio needs CCM_TWILIO_FROM_NUMBER or CCM_TWILIO_MESSAGING_SERVICE_SID to send from"
+            )
+        return self
+
+    @property
+    def twilio_configured(self) -> bool:
+        return bool(self.twilio_account_sid and self.twilio_auth_token)
+
+    @property
+    def embedded(self) -> bool:
+        """True when the queue runs inside `ccm serve` rather than on Redis."""
+        return self.broker_url is None
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'ccm.db').resolve()}"
+
+
+class SettingsError(Exception):
+    """A setting has a bad value; the message names each variable and what is wrong."""
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"])
+        name = f"CCM_{field.upper()}" if field else "settings"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"{name}: {message}")
+    return "\n".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment (plus explicit overrides); raise SettingsError naming each bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,1 @@
+"""Customer profiles, addresses, preferences and consents."""

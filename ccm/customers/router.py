@@ -1,0 +1,136 @@
+"""HTTP endpoints for customers and their consents."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Response, status
+from pydantic import AfterValidator
+
+from ccm.auth.deps import DatabaseDep, require
+from ccm.auth.models import Role
+from ccm.auth.service import Principal
+from ccm.customers import service
+from ccm.customers.schemas import (
+    EXTERNAL_ID_PATTERN,
+    ConsentChangeOut,
+    ConsentsIn,
+    CustomerConsentsOut,
+    CustomerIn,
+    CustomerOut,
+    normalize_country,
+    normalize_email,
+    normalize_locale,
+    normalize_phone,
+)
+from ccm.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor, encode_cursor
+
+router = APIRouter(tags=["customers"])
+
+ExternalId = Annotated[
+    str,
+    Path(
+        pattern=EXTERNAL_ID_PATTERN, description="The customer's id in the calling system (1-128 characters)."
+    ),
+]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+Cursor = Annotated[str | None, Query(description="next_cursor from the previous page")]
+
+Writer = Annotated[Principal, Depends(require(Role.sender))]
+ConsentWriter = Annotated[Principal, Depends(require(Role.sender, Role.agent))]
+Reader = Annotated[Principal, Depends(require(Role.sender, Role.agent, Role.auditor))]
+
+_ID_CURSOR = frozenset({"after"})
+
+
+def _next_cursor(last_id: int | None) -> str | None:
+    return encode_cursor({"after": last_id}) if last_id is not None else None
+
+
+def _after(cursor: str | None) -> int | None:
+    position = decode_cursor(cursor, keys=_ID_CURSOR)
+    return int(position["after"]) if position else None
+
+
+@router.put(
+    "/v1/customers/{external_id}",
+    response_model=CustomerOut,
+    responses={201: {"model": CustomerOut, "description": "Created"}},
+)
+def upsert_customer(
+    external_id: ExternalId, body: CustomerIn, response: Response, database: DatabaseDep, principal: Writer
+) -> CustomerOut:
+    """Create or replace a customer profile: 201 when created, else 200. The same body twice is a no-op."""
+    with database.transaction() as session:
+        customer, outcome = service.upsert_customer(
+            session, external_id=external_id, profile=body, actor=principal.actor
+        )
+        if outcome is service.UpsertOutcome.created:
+            response.status_code = status.HTTP_201_CREATED
+        return service.customer_out(session, customer)
+
+
+@router.get("/v1/customers/{external_id}", response_model=CustomerOut)
+def get_customer(external_id: ExternalId, database: DatabaseDep, principal: Reader) -> CustomerOut:
+    with database.read() as session:
+        return service.customer_out(session, service.get_customer(session, external_id=external_id))
+
+
+@router.get("/v1/customers", response_model=Page[CustomerOut])
+def list_customers(
+    database: DatabaseDep,
+    principal: Reader,
+    email: Annotated[Annotated[str, AfterValidator(normalize_email)] | None, Query()] = None,
+    phone: Annotated[Annotated[str, AfterValidator(normalize_phone)] | None, Query()] = None,
+    q: Annotated[str | None, Query(max_length=200, description="Part of the name, any case")] = None,
+    locale: Annotated[Annotated[str, AfterValidator(normalize_locale)] | None, Query()] = None,
+    country: Annotated[Annotated[str, AfterValidator(normalize_country)] | None, Query()] = None,
+    updated_after: Annotated[dt.datetime | None, Query()] = None,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+) -> Page[CustomerOut]:
+    if updated_after is not None and updated_after.tzinfo is None:
+        updated_after = updated_after.replace(tzinfo=dt.UTC)
+    filters = service.CustomerFilter(
+        email=email, phone=phone, name_contains=q, locale=locale, country=country, updated_after=updated_after
+    )
+    with database.read() as session:
+        rows, last_id = service.list_customers(session, filters=filters, after_id=_after(cursor), limit=limit)
+        return Page[CustomerOut](
+            items=[service.customer_out(session, row) for row in rows], next_cursor=_next_cursor(last_id)
+        )
+
+
+@router.put("/v1/customers/{external_id}/consents", response_model=CustomerConsentsOut)
+def update_consents(
+    external_id: ExternalId, body: ConsentsIn, database: DatabaseDep, principal: ConsentWriter
+) -> CustomerConsentsOut:
+    """Record the customer's answers. Consents not listed keep their current answer."""
+    with database.transaction() as session:
+        customer = service.update_consents(session, external_id=external_id, body=body, actor=principal.actor)
+        return service.consents_out(session, customer)
+
+
+@router.get("/v1/customers/{external_id}/consents", response_model=CustomerConsentsOut)
+def get_consents(external_id: ExternalId, database: DatabaseDep, principal: Reader) -> CustomerConsentsOut:
+    with database.read() as session:
+        return service.consents_out(session, service.get_customer(session, external_id=external_id))
+
+
+@router.get("/v1/customers/{external_id}/consents/history", response_model=Page[ConsentChangeOut])
+def consent_history(
+    external_id: ExternalId,
+    database: DatabaseDep,
+    principal: Reader,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+) -> Page[ConsentChangeOut]:
+    """Every change to this customer's consents, oldest first, with who, when and source."""
+    with database.read() as session:
+        rows, last_id = service.consent_history(
+            session, external_id=external_id, after_id=_after(cursor), limit=limit
+        )
+        return Page[ConsentChangeOut](
+            items=[ConsentChangeOut.model_validate(row) for row in rows], next_cursor=_next_cursor(last_id)
+        )

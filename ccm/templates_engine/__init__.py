@@ -1,0 +1,1 @@
+"""Versioned templates: lifecycle, sandboxed rendering, preview and diff."""

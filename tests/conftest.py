@@ -1,0 +1,140 @@
+"""Shared fixtures: every database test runs on SQLite and on a real, throwaway PostgreSQL cluster."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from ccm import migrations
+from ccm.app import create_app
+from ccm.audit.models import AuditEvent
+from ccm.auth.models import Role
+from ccm.config import Settings
+from ccm.db import Database
+from tests.pgcluster import PostgresCluster, find_postgres_bindir
+
+ADMIN_KEY = "test-bootstrap-admin-key-0123456789"
+BACKENDS = ["sqlite", "postgresql"]
+_database_numbers = itertools.count(1)
+
+
+@pytest.fixture(autouse=True)
+def _no_ccm_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests build their own settings; a CCM_ variable in the caller's shell must not leak in."""
+    for name in list(os.environ):
+        if name.startswith("CCM_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    if find_postgres_bindir() is None:
+        pytest.fail(
+            "PostgreSQL server binaries are missing: `make test` installs them (Debian package postgresql)"
+        )
+    cluster = PostgresCluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def template_database(
+    backend: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> str:
+    """A database migrated to head once per session; each test starts from a copy of it."""
+    if backend == "sqlite":
+        path = tmp_path_factory.mktemp("template") / "ccm.db"
+        migrations.upgrade(f"sqlite:///{path}")
+        return str(path)
+    cluster: PostgresCluster = request.getfixturevalue("postgres")
+    cluster.create_database("ccm_template")
+    migrations.upgrade(cluster.url("ccm_template"))
+    return "ccm_template"
+
+
+@pytest.fixture
+def database_url(
+    backend: str, template_database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    if backend == "sqlite":
+        path = tmp_path / "ccm.db"
+        shutil.copyfile(template_database, path)
+        yield f"sqlite:///{path}"
+        return
+    cluster: PostgresCluster = request.getfixturevalue("postgres")
+    name = f"ccm_test_{next(_database_numbers)}"
+    cluster.create_database(name, template=template_database)
+    try:
+        yield cluster.url(name)
+    finally:
+        cluster.drop_database(name)
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", database_url=database_url, admin_api_key=ADMIN_KEY)
+
+
+@pytest.fixture
+def database(settings: Settings) -> Iterator[Database]:
+    db = Database(settings.resolved_database_url)
+    try:
+        yield db
+    finally:
+        db.dispose()
+
+
+@pytest.fixture
+def app(settings: Settings, database: Database) -> FastAPI:
+    return create_app(settings, database=database)
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def admin() -> dict[str, str]:
+    return bearer(ADMIN_KEY)
+
+
+@pytest.fixture
+def role_keys(client: TestClient, admin: dict[str, str]) -> dict[Role, dict[str, str]]:
+    """Auth headers for a key of every role, made through the API."""
+    headers = {}
+    for role in Role:
+        response = client.post(
+            "/v1/keys", json={"name": f"test {role.value}", "role": role.value}, headers=admin
+        )
+        assert response.status_code == 201, response.text
+        headers[role] = bearer(response.json()["key"])
+    return headers
+
+
+def count_events(database: Database, action: str | None = None) -> int:
+    query = select(func.count()).select_from(AuditEvent)
+    if action is not None:
+        query = query.where(AuditEvent.action == action)
+    with database.read() as session:
+        return int(session.execute(query).scalar_one())
