@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ccm.config import Settings, SettingsError, load_settings
+from ccm.config import Settings, SettingsError, load_settings, redact_url
 
 app = typer.Typer(help="ccm: customer communication management.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -94,7 +94,7 @@ def worker(
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     running = dramatiq.Worker(broker, worker_threads=threads)
     running.start()
-    out.print(f"ccm worker: {threads} threads on {settings.broker_url}", highlight=False)
+    out.print(f"ccm worker: {threads} threads on {redact_url(settings.broker_url or '')}", highlight=False)
     stop.wait()
     running.stop()
 

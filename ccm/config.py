@@ -6,6 +6,7 @@ import enum
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import phonenumbers
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -29,10 +30,13 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CCM_", extra="ignore", frozen=True)
 
     data_dir: Path = Path("./var")
+    # repr=False: these URLs may carry passwords, and settings objects end up in logs and tracebacks.
     database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL; unset means a SQLite file in the data dir."
+        default=None, repr=False, description="SQLAlchemy URL; unset means a SQLite file in the data dir."
     )
-    broker_url: str | None = Field(default=None, description="redis:// URL; unset means the embedded worker.")
+    broker_url: str | None = Field(
+        default=None, repr=False, description="redis:// URL; unset means the embedded worker."
+    )
     public_base_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8000")
     admin_api_key: SecretStr | None = Field(
         default=None, description="Optional bootstrap key with the admin role, for creating the first keys."
@@ -155,6 +159,15 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'ccm.db').resolve()}"
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, fit for printing."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class SettingsError(Exception):

@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+bin=${VENV_BIN:-.venv/bin}
 export CCM_DATA_DIR=${CCM_DATA_DIR:-./var}
 host=${CCM_HOST:-127.0.0.1}
 port=${CCM_PORT:-8000}
@@ -11,12 +12,12 @@ mkdir -p "$CCM_DATA_DIR"
 # A demo admin key, made once and kept in the data dir, so the printed key keeps working across runs.
 key_file="$CCM_DATA_DIR/demo-admin-key"
 if [ ! -s "$key_file" ]; then
-  (umask 077 && .venv/bin/python -c 'import secrets; print("ccm_demo_" + secrets.token_urlsafe(32))' > "$key_file")
+  (umask 077 && "$bin/python" -c 'import secrets; print("ccm_demo_" + secrets.token_urlsafe(32))' > "$key_file")
 fi
 export CCM_ADMIN_API_KEY=${CCM_ADMIN_API_KEY:-$(cat "$key_file")}
 
-.venv/bin/ccm db upgrade
-.venv/bin/ccm demo
+"$bin/ccm" db upgrade
+"$bin/ccm" demo
 
 cat <<MSG
 
@@ -26,4 +27,4 @@ cat <<MSG
   Try:  curl -H "Authorization: Bearer $CCM_ADMIN_API_KEY" http://$host:$port/v1/customers
 
 MSG
-exec .venv/bin/ccm serve --host "$host" --port "$port"
+exec "$bin/ccm" serve --host "$host" --port "$port"

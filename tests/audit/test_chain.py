@@ -1,0 +1,201 @@
+"""The audit chain: appends chain correctly, even concurrently; any edit to the rows is caught and named."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError
+from typer.testing import CliRunner
+
+from ccm import audit
+from ccm.audit.models import AuditEvent
+from ccm.audit.service import canonical_json, event_digest
+from ccm.cli import app as cli
+from ccm.db import Database
+
+
+def append_events(database: Database, count: int) -> None:
+    for n in range(count):
+        with database.transaction() as session:
+            audit.append(
+                session,
+                actor="test",
+                action="thing.happened",
+                subject_type="thing",
+                subject_id=f"T-{n}",
+                payload={"n": n, "note": "café ☕"},
+            )
+
+
+def tamper(database: Database, *statements: str) -> None:
+    """What someone with direct database access could do: switch the triggers off and edit rows."""
+    with database.engine.begin() as connection:
+        _disable_append_only(connection)
+        for statement in statements:
+            connection.exec_driver_sql(statement)
+
+
+def _disable_append_only(connection: Connection) -> None:
+    if connection.dialect.name == "sqlite":
+        connection.execute(text("DROP TRIGGER audit_events_no_update"))
+        connection.execute(text("DROP TRIGGER audit_events_no_delete"))
+    else:
+        connection.execute(text("ALTER TABLE audit_events DISABLE TRIGGER USER"))
+
+
+def verify_cli(database: Database) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["audit", "verify"], env={"CCM_DATABASE_URL": database.url})
+    return result.exit_code, result.output
+
+
+def test_intact_chain_verifies(database: Database, client: TestClient, admin: dict[str, str]) -> None:
+    append_events(database, 5)
+    code, output = verify_cli(database)
+    assert code == 0, output
+    assert "audit chain intact: 5 events" in output
+
+    body = client.get("/v1/audit/verify", headers=admin).json()
+    assert body["ok"] is True
+    assert body["events_checked"] == 5
+    assert body["head"]["seq"] == 5
+    assert body["first_problem"] is None
+
+
+def test_empty_chain_verifies(database: Database) -> None:
+    code, output = verify_cli(database)
+    assert code == 0
+    assert "0 events" in output
+
+
+def test_a_changed_payload_is_named(database: Database, client: TestClient, admin: dict[str, str]) -> None:
+    append_events(database, 4)
+    tamper(database, """UPDATE audit_events SET payload = '{"n":99}' WHERE seq = 2""")
+    code, output = verify_cli(database)
+    assert code == 1
+    assert "broken at event 2" in output
+    assert "altered" in output
+    body = client.get("/v1/audit/verify", headers=admin).json()
+    assert body["ok"] is False
+    assert body["first_problem"]["seq"] == 2
+    assert body["events_checked"] == 1
+
+
+def stored_event(database: Database, seq: int) -> AuditEvent:
+    with database.read() as session:
+        event = session.get(AuditEvent, seq)
+        assert event is not None
+        return event
+
+
+def test_a_changed_field_with_a_recomputed_hash_breaks_the_next_link(database: Database) -> None:
+    append_events(database, 4)
+    event = stored_event(database, 2)
+    forged = event_digest(
+        seq=2,
+        occurred_at=event.occurred_at,
+        actor="someone else",
+        action=event.action,
+        subject_type=event.subject_type,
+        subject_id=event.subject_id,
+        prev_hash=event.prev_hash,
+        payload=event.payload,
+    )
+    tamper(database, f"UPDATE audit_events SET actor = 'someone else', hash = '{forged}' WHERE seq = 2")
+    code, output = verify_cli(database)
+    assert code == 1
+    assert "broken at event 3" in output
+    assert "does not link to event 2" in output
+
+
+def test_a_deleted_event_is_named(database: Database) -> None:
+    append_events(database, 4)
+    tamper(database, "DELETE FROM audit_events WHERE seq = 2")
+    code, output = verify_cli(database)
+    assert code == 1
+    assert "broken at event 2" in output
+    assert "event 2 missing" in output
+
+
+def test_a_deleted_last_event_is_named(database: Database) -> None:
+    append_events(database, 4)
+    tamper(database, "DELETE FROM audit_events WHERE seq = 4")
+    code, output = verify_cli(database)
+    assert code == 1
+    assert "broken at event 4" in output
+    assert "chain head records event 4" in output
+
+
+def test_an_inserted_event_is_named_even_with_a_valid_hash(database: Database) -> None:
+    append_events(database, 3)
+    last = stored_event(database, 3)
+    payload = canonical_json({"forged": True})
+    digest = event_digest(
+        seq=4,
+        occurred_at=last.occurred_at,
+        actor="intruder",
+        action="customer.created",
+        subject_type="customer",
+        subject_id="X",
+        prev_hash=last.hash,
+        payload=payload,
+    )
+    stamp = last.occurred_at.strftime("%Y-%m-%d %H:%M:%S.%f") + (
+        "" if database.dialect == "sqlite" else "+00"
+    )
+    tamper(
+        database,
+        "INSERT INTO audit_events"
+        " (seq, occurred_at, actor, action, subject_type, subject_id, payload, prev_hash, hash)"
+        f" VALUES (4, '{stamp}', 'intruder', 'customer.created', 'customer', 'X',"
+        f" '{payload}', '{last.hash}', '{digest}')",
+    )
+    code, output = verify_cli(database)
+    assert code == 1
+    assert "broken at event 4" in output
+    assert "added outside ccm" in output
+
+
+def test_the_database_refuses_updates_and_deletes(database: Database) -> None:
+    append_events(database, 2)
+    for statement in (
+        "UPDATE audit_events SET actor = 'x' WHERE seq = 1",
+        "DELETE FROM audit_events WHERE seq = 2",
+    ):
+        with pytest.raises(DBAPIError, match="append-only"), database.engine.begin() as connection:
+            connection.execute(text(statement))
+    assert verify_cli(database)[0] == 0
+
+
+def test_concurrent_appends_chain_one_after_another(database: Database) -> None:
+    writers, per_writer = 8, 15
+
+    def write(writer: int) -> None:
+        for n in range(per_writer):
+            with database.transaction() as session:
+                audit.append(
+                    session,
+                    actor=f"writer-{writer}",
+                    action="thing.happened",
+                    subject_type="thing",
+                    subject_id=str(n),
+                )
+
+    with ThreadPoolExecutor(max_workers=writers) as pool:
+        list(pool.map(write, range(writers)))
+
+    with database.read() as session:
+        result = audit.verify(session)
+        seqs = [row[0] for row in session.execute(text("SELECT seq FROM audit_events ORDER BY seq"))]
+    assert result.ok, result.first_problem
+    assert seqs == list(range(1, writers * per_writer + 1))
+
+
+def test_canonical_json_is_independent_of_key_order() -> None:
+    assert canonical_json({"b": 1, "a": {"d": [1, "é"], "c": None}}) == '{"a":{"c":null,"d":[1,"é"]},"b":1}'
+    assert canonical_json({"a": 1, "b": 2}) == canonical_json(json.loads('{"b": 2, "a": 1}'))
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        canonical_json({"x": float("nan")})
