@@ -16,7 +16,7 @@ from ccm.config import Settings, get_settings
 from ccm.customers.router import router as customers_router
 from ccm.db import Database
 from ccm.health import router as health_router
-from ccm.middleware import RequestContextMiddleware
+from ccm.middleware import RequestContextMiddleware, RequestGuard
 from ccm.worker import EmbeddedWorker, configure_broker
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     )
     app.state.settings = settings
     app.state.database = database
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestContextMiddleware)  # added last, so it runs first and wraps the guard
     problems.install(app)
 
     app.include_router(health_router)

@@ -175,13 +175,14 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id, from `
     database = Database(_settings().resolved_database_url)
     try:
         with database.transaction() as session:
-            revoke_key(session, key_id=key_id, actor=_cli_actor())
+            row = revoke_key(session, key_id=key_id, actor=_cli_actor())
+            revoked_by = row.revoked_by
     except CCMError as exc:
         err.print(str(exc))
         raise typer.Exit(1) from None
     finally:
         database.dispose()
-    out.print(f"revoked {key_id}")
+    out.print(f"revoked {key_id} (by {revoked_by})", highlight=False)
 
 
 @app.command()
@@ -209,7 +210,7 @@ def audit_verify() -> None:
 
     database = Database(_settings().resolved_database_url)
     try:
-        with database.read() as session:
+        with database.snapshot() as session:
             result = verify(session)
     finally:
         database.dispose()

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
         default=None, description="Optional bootstrap key with the admin role, for creating the first keys."
     )
     log_level: str = "INFO"
+    max_request_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Largest request body accepted (batch uploads excepted)."
+    )
     api_docs: bool = Field(
         default=True,
         description="Serve the API reference at /docs and /openapi.json (no data, no key needed).",

@@ -17,7 +17,7 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/health")
-def health() -> dict[str, str]:
+async def health() -> dict[str, str]:
     """The process is up."""
     return {"status": "ok"}
 
@@ -27,7 +27,7 @@ def ready(request: Request, database: DatabaseDep) -> dict[str, Any] | JSONRespo
     """The database answers and its schema is at the newest migration."""
     head = migrations.head_revision()
     try:
-        with database.engine.connect() as connection:
+        with database.read_connection() as connection:
             connection.execute(text("SELECT 1"))
             current = migrations.current_revision(connection)
     except SQLAlchemyError as exc:

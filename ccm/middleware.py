@@ -7,7 +7,11 @@ import re
 import time
 import uuid
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ccm.errors import Unauthorized
+from ccm.problems import problem_response
 
 log = logging.getLogger("ccm.requests")
 
@@ -44,12 +48,54 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             principal = scope["state"].get("principal")
+            # The raw path, still percent-encoded: a decoded %0A would let a caller forge log lines.
+            raw_path = scope.get("raw_path") or scope["path"].encode()
             log.info(
                 "%s %s %s %.1fms key=%s request_id=%s",
                 scope["method"],
-                scope["path"],
+                raw_path.decode("ascii", "backslashreplace"),
                 status,
                 (time.perf_counter() - started) * 1000,
                 principal.key_id if principal is not None else "-",
                 request_id,
             )
+
+
+class RequestGuard:
+    """Refuses, before any body is read or parsed: API calls without credentials (401) and bodies over the
+    size limit (413). The key itself is checked by the endpoint's dependency."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        problem = None
+        if scope["path"].startswith("/v1/") and b"authorization" not in headers:
+            problem = (
+                Unauthorized.status,
+                Unauthorized.slug,
+                Unauthorized.title,
+                _NO_KEY,
+                {"WWW-Authenticate": "Bearer"},
+            )
+        else:
+            length = headers.get(b"content-length", b"0")
+            if not length.isdigit() or int(length) > self.max_body_bytes:
+                detail = f"the body is larger than the limit of {self.max_body_bytes} bytes"
+                problem = (413, "body-too-large", "Content too large", detail, {})
+        if problem is None:
+            await self.app(scope, receive, send)
+            return
+        status, slug, title, detail, extra_headers = problem
+        response = problem_response(
+            Request(scope), status=status, slug=slug, title=title, detail=detail, headers=extra_headers
+        )
+        await response(scope, receive, send)
+
+
+_NO_KEY = "send an API key as 'Authorization: Bearer <key>'"

@@ -1,11 +1,11 @@
-"""Cursor pagination: opaque cursors that carry the last seen sort key."""
+"""Cursor pagination: opaque cursors that carry the last seen position, tagged with what they page through."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import json
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 
@@ -15,6 +15,7 @@ T = TypeVar("T")
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
+_MAX_ID = 2**63 - 1
 
 
 class Page(BaseModel, Generic[T]):
@@ -22,13 +23,17 @@ class Page(BaseModel, Generic[T]):
     next_cursor: str | None = None
 
 
-def encode_cursor(position: dict[str, Any]) -> str:
-    raw = json.dumps(position, separators=(",", ":")).encode()
+def encode_cursor(kind: str, after: int) -> str:
+    raw = json.dumps({"k": kind, "after": after}, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str | None, *, keys: frozenset[str]) -> dict[str, Any] | None:
-    """The position a cursor carries; a cursor that was not made by us is a 422 on `cursor`."""
+def next_cursor(kind: str, last_id: int | None) -> str | None:
+    return encode_cursor(kind, last_id) if last_id is not None else None
+
+
+def decode_cursor(kind: str, cursor: str | None) -> int | None:
+    """The id a cursor of this `kind` carries; any other string is a 422 on `cursor`."""
     if cursor is None or cursor == "":
         return None
     try:
@@ -36,6 +41,13 @@ def decode_cursor(cursor: str | None, *, keys: frozenset[str]) -> dict[str, Any]
         position = json.loads(base64.urlsafe_b64decode(padded.encode()))
     except (binascii.Error, ValueError, UnicodeDecodeError):
         position = None
-    if not isinstance(position, dict) or set(position) != keys:
+    after = position.get("after") if isinstance(position, dict) else None
+    valid = (
+        isinstance(position, dict)
+        and position.get("k") == kind
+        and type(after) is int
+        and 0 <= after <= _MAX_ID
+    )
+    if not valid or not isinstance(after, int):
         raise InvalidInput([FieldError("query", "/cursor", "not a cursor this endpoint gave out")])
-    return position
+    return after

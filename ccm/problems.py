@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ccm.errors import PROBLEM_PREFIX, CCMError, FieldError, InvalidInput, Unauthorized
@@ -19,6 +21,34 @@ log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
 
 _SLUGS = {404: "not-found", 405: "method-not-allowed", 401: "unauthorized", 403: "forbidden", 409: "conflict"}
+
+
+# PostgreSQL's deadlock_detected and serialization_failure: rolled back, and safe to send again.
+_TRANSIENT_SQLSTATES = {"40P01", "40001"}
+
+
+def is_transient_database_error(exc: DBAPIError) -> bool:
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate in _TRANSIENT_SQLSTATES:
+        return True
+    return isinstance(exc, OperationalError) and "database is locked" in str(exc.orig)
+
+
+def log_unexpected(exc: BaseException, request_id: str | None) -> None:
+    """Log a fault with its stack, but never a database's own message: PostgreSQL quotes row values
+    ("Failing row contains (...)"), and customer data must not reach the logs."""
+    if isinstance(exc, DBAPIError):
+        sqlstate = getattr(exc.orig, "sqlstate", None) or "-"
+        frames = "".join(traceback.format_tb(exc.__traceback__))
+        log.error(
+            "unhandled error %s (SQLSTATE %s) request_id=%s\n%s",
+            type(exc.orig).__name__,
+            sqlstate,
+            request_id,
+            frames,
+        )
+    else:
+        log.error("unhandled error request_id=%s", request_id, exc_info=exc)
 
 
 def request_id_of(request: Request) -> str | None:
@@ -116,9 +146,22 @@ def install(app: FastAPI) -> None:
             request, status=status, slug=slug, title=phrase, detail=detail, headers=dict(exc.headers or {})
         )
 
+    @app.exception_handler(DBAPIError)
+    async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        if is_transient_database_error(exc):
+            return problem_response(
+                request,
+                status=503,
+                slug="busy",
+                title="Busy",
+                detail="the request collided with another one; nothing was saved, send it again",
+                headers={"Retry-After": "1"},
+            )
+        return await _unexpected(request, exc)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", extra={"request_id": request_id_of(request)})
+        log_unexpected(exc, request_id_of(request))
         return problem_response(
             request,
             status=500,

@@ -138,3 +138,18 @@ def count_events(database: Database, action: str | None = None) -> int:
         query = query.where(AuditEvent.action == action)
     with database.read() as session:
         return int(session.execute(query).scalar_one())
+
+
+@pytest.fixture
+def empty_database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A database with no schema at all, for what must migrate or report that it is not ready."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    cluster: PostgresCluster = request.getfixturevalue("postgres")
+    name = f"ccm_empty_{next(_database_numbers)}"
+    cluster.create_database(name)
+    try:
+        yield cluster.url(name)
+    finally:
+        cluster.drop_database(name)

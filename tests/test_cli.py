@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from ccm import migrations
 from ccm.cli import app as cli
-from ccm.config import redact_url
+from ccm.config import Settings, redact_url
 from ccm.db import Database
 from ccm.demo import demo_customers
 from tests.conftest import count_events
@@ -47,9 +48,11 @@ def test_keys_create_list_revoke(database: Database) -> None:
     assert run(database, "keys", "revoke", key_id.group(1)).exit_code == 0
     assert "ops team" not in run(database, "keys", "list").output
     again = run(database, "keys", "revoke", key_id.group(1))
-    assert again.exit_code == 1
-    assert "already revoked" in again.output
+    assert again.exit_code == 0
     assert count_events(database, "key.revoked") == 1
+    unknown = run(database, "keys", "revoke", "no-such-key")
+    assert unknown.exit_code == 1
+    assert "no API key with id no-such-key" in unknown.output
 
 
 def test_keys_create_refuses_an_unknown_role(database: Database) -> None:
@@ -76,10 +79,23 @@ def test_worker_needs_a_broker(database: Database) -> None:
     assert "CCM_BROKER_URL" in result.output
 
 
-def test_db_upgrade_creates_the_schema(tmp_path: Path) -> None:
+def test_db_upgrade_creates_the_schema_in_the_default_place(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["db", "upgrade"], env={"CCM_DATA_DIR": str(tmp_path / "fresh")})
     assert result.exit_code == 0, result.output
     assert (tmp_path / "fresh" / "ccm.db").exists()
+
+
+def test_db_upgrade_migrates_an_empty_database(empty_database_url: str) -> None:
+    result = CliRunner().invoke(cli, ["db", "upgrade"], env={"CCM_DATABASE_URL": empty_database_url})
+    assert result.exit_code == 0, result.output
+    again = CliRunner().invoke(cli, ["db", "upgrade"], env={"CCM_DATABASE_URL": empty_database_url})
+    assert again.exit_code == 0
+    database = Database(Settings(database_url=empty_database_url).resolved_database_url)
+    try:
+        with database.read_connection() as connection:
+            assert migrations.current_revision(connection) == migrations.head_revision()
+    finally:
+        database.dispose()
 
 
 def test_printed_urls_hide_passwords() -> None:
@@ -123,9 +139,9 @@ def stop(process: subprocess.Popen[str]) -> str:
     return output
 
 
-def test_serve_migrates_and_answers_health(tmp_path: Path) -> None:
+def test_serve_migrates_and_answers_health(tmp_path: Path, empty_database_url: str) -> None:
     port = free_port()
-    env = {**os.environ, "CCM_DATA_DIR": str(tmp_path / "data")}
+    env = {**os.environ, "CCM_DATA_DIR": str(tmp_path / "data"), "CCM_DATABASE_URL": empty_database_url}
     process = subprocess.Popen(
         [sys.executable, "-m", "ccm", "serve", "--port", str(port)],
         env=env,

@@ -6,8 +6,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 
-def test_unknown_route_is_a_404_problem(client: TestClient) -> None:
-    response = client.get("/v1/nothing-here")
+def test_unknown_route_is_a_404_problem(client: TestClient, admin: dict[str, str]) -> None:
+    # Without a key, anything under /v1/ is a 401: routes cannot be probed anonymously.
+    assert client.get("/v1/nothing-here").status_code == 401
+    response = client.get("/v1/nothing-here", headers=admin)
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
     body = response.json()

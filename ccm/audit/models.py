@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 from sqlalchemy import BigInteger, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ccm.db import Base, UTCDateTime
+from ccm.db import Base
 
 GENESIS_HASH = "0" * 64
 
@@ -19,7 +17,9 @@ class AuditEvent(Base):
     __table_args__ = (Index("ix_audit_events_subject", "subject_type", "subject_id"),)
 
     seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    occurred_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+    # Kept as the exact text that was hashed (YYYY-MM-DDTHH:MM:SS.ffffffZ, which sorts in time order), so
+    # that no driver's parsing can hide an edit to the stored value.
+    occurred_at: Mapped[str] = mapped_column(String(27), index=True)
     actor: Mapped[str] = mapped_column(String(200), index=True)
     action: Mapped[str] = mapped_column(String(100), index=True)
     subject_type: Mapped[str] = mapped_column(String(50))

@@ -19,5 +19,5 @@ Auditor = Annotated[Principal, Depends(require(Role.auditor))]
 @router.get("/v1/audit/verify")
 def verify_chain(database: DatabaseDep, principal: Auditor) -> dict[str, Any]:
     """Recompute the whole hash chain; `first_problem` names the first event that does not fit."""
-    with database.read() as session:
+    with database.snapshot() as session:
         return audit.verify(session).as_dict()

@@ -60,7 +60,7 @@ def format_timestamp(value: dt.datetime) -> str:
 def event_digest(
     *,
     seq: int,
-    occurred_at: dt.datetime,
+    occurred_at: str,
     actor: str,
     action: str,
     subject_type: str,
@@ -68,9 +68,7 @@ def event_digest(
     prev_hash: str,
     payload: str,
 ) -> str:
-    header = canonical_json(
-        [seq, format_timestamp(occurred_at), actor, action, subject_type, subject_id, prev_hash]
-    )
+    header = canonical_json([seq, occurred_at, actor, action, subject_type, subject_id, prev_hash])
     return hashlib.sha256(f"{header}\n{payload}".encode()).hexdigest()
 
 
@@ -88,9 +86,12 @@ def append(
     The chain head stays locked until the caller commits, so call this as the last write of a transaction.
     """
     head = session.execute(
-        select(AuditChainHead).where(AuditChainHead.id == CHAIN_HEAD_ID).with_for_update()
+        select(AuditChainHead)
+        .where(AuditChainHead.id == CHAIN_HEAD_ID)
+        .with_for_update()
+        .execution_options(populate_existing=True)  # never chain onto a head this session read earlier
     ).scalar_one()
-    occurred_at = utcnow()
+    occurred_at = format_timestamp(utcnow())
     seq = head.seq + 1
     payload_text = canonical_json(dict(payload or {}))
     digest = event_digest(
@@ -152,7 +153,11 @@ class VerifyResult:
 
 
 def verify(session: Session, *, batch_size: int = 5000) -> VerifyResult:
-    """Recompute the whole chain from the first event and report the first event that does not fit."""
+    """Recompute the whole chain from the first event and report the first event that does not fit.
+
+    Give it a session from Database.snapshot(): the head and the events must be read from one state of the
+    database, or an event committed in between looks like one added behind ccm's back.
+    """
     head = session.get(AuditChainHead, CHAIN_HEAD_ID)
     head_seq, head_hash = (head.seq, head.hash) if head else (0, GENESIS_HASH)
     columns = (
@@ -190,16 +195,20 @@ def verify(session: Session, *, batch_size: int = 5000) -> VerifyResult:
             return result(
                 ChainProblem(seq, f"event {seq} does not link to event {seq - 1}: one of them was altered")
             )
-        digest = event_digest(
-            seq=seq,
-            occurred_at=occurred_at,
-            actor=actor,
-            action=action,
-            subject_type=subject_type,
-            subject_id=subject_id,
-            prev_hash=stored_prev,
-            payload=payload,
-        )
+        try:
+            digest = event_digest(
+                seq=seq,
+                occurred_at=occurred_at,
+                actor=actor,
+                action=action,
+                subject_type=subject_type,
+                subject_id=subject_id,
+                prev_hash=stored_prev,
+                payload=payload,
+            )
+        except (TypeError, ValueError):
+            problem = f"event {seq} was altered: a column holds a value ccm never writes"
+            return result(ChainProblem(seq, problem))
         if digest != stored_hash:
             return result(ChainProblem(seq, f"event {seq} was altered: its content does not match its hash"))
         checked += 1

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from ccm import audit
 from ccm.auth.models import ApiKey, Role
 from ccm.db import utcnow
-from ccm.errors import Conflict, NotFound
+from ccm.errors import NotFound
 
 KEY_PREFIX = "ccm_"
 BOOTSTRAP_KEY_ID = "bootstrap-admin"
@@ -75,7 +75,7 @@ def revoke_key(session: Session, *, key_id: str, actor: str) -> ApiKey:
     if row is None:
         raise NotFound(f"no API key with id {key_id}")
     if row.revoked_at is not None:
-        raise Conflict(f"API key {key_id} was already revoked")
+        return row  # already revoked: a retried DELETE gets the same answer, and logs nothing new
     row.revoked_at = utcnow()
     row.revoked_by = actor
     audit.append(

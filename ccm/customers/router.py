@@ -24,7 +24,7 @@ from ccm.customers.schemas import (
     normalize_locale,
     normalize_phone,
 )
-from ccm.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor, encode_cursor
+from ccm.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor, next_cursor
 
 router = APIRouter(tags=["customers"])
 
@@ -41,16 +41,8 @@ Writer = Annotated[Principal, Depends(require(Role.sender))]
 ConsentWriter = Annotated[Principal, Depends(require(Role.sender, Role.agent))]
 Reader = Annotated[Principal, Depends(require(Role.sender, Role.agent, Role.auditor))]
 
-_ID_CURSOR = frozenset({"after"})
-
-
-def _next_cursor(last_id: int | None) -> str | None:
-    return encode_cursor({"after": last_id}) if last_id is not None else None
-
-
-def _after(cursor: str | None) -> int | None:
-    position = decode_cursor(cursor, keys=_ID_CURSOR)
-    return int(position["after"]) if position else None
+CUSTOMERS = "customers"
+CONSENT_HISTORY = "consent-history"
 
 
 @router.put(
@@ -96,9 +88,10 @@ def list_customers(
         email=email, phone=phone, name_contains=q, locale=locale, country=country, updated_after=updated_after
     )
     with database.read() as session:
-        rows, last_id = service.list_customers(session, filters=filters, after_id=_after(cursor), limit=limit)
+        after = decode_cursor(CUSTOMERS, cursor)
+        rows, last_id = service.list_customers(session, filters=filters, after_id=after, limit=limit)
         return Page[CustomerOut](
-            items=[service.customer_out(session, row) for row in rows], next_cursor=_next_cursor(last_id)
+            items=service.customers_out(session, rows), next_cursor=next_cursor(CUSTOMERS, last_id)
         )
 
 
@@ -128,9 +121,9 @@ def consent_history(
 ) -> Page[ConsentChangeOut]:
     """Every change to this customer's consents, oldest first, with who, when and source."""
     with database.read() as session:
-        rows, last_id = service.consent_history(
-            session, external_id=external_id, after_id=_after(cursor), limit=limit
-        )
+        after = decode_cursor(CONSENT_HISTORY, cursor)
+        rows, last_id = service.consent_history(session, external_id=external_id, after_id=after, limit=limit)
         return Page[ConsentChangeOut](
-            items=[ConsentChangeOut.model_validate(row) for row in rows], next_cursor=_next_cursor(last_id)
+            items=[ConsentChangeOut.model_validate(row) for row in rows],
+            next_cursor=next_cursor(CONSENT_HISTORY, last_id),
         )

@@ -16,6 +16,7 @@ from pydantic_core import PydanticCustomError
 
 from ccm.channels import Channel
 from ccm.customers.models import Purpose
+from ccm.inputs import InputModel
 
 EXTERNAL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,127}$"
 MAX_ATTRIBUTES_BYTES = 16 * 1024
@@ -52,7 +53,7 @@ def normalize_phone(value: str) -> str:
         number = phonenumbers.parse(value, None)
     except phonenumbers.NumberParseException:
         raise PydanticCustomError(
-            "phone", "not a phone number in international form, such as +44 7700 900123"
+            "phone", "not a phone number in international form, such as +44 7911 123456"
         ) from None
     if not phonenumbers.is_valid_number(number):
         raise PydanticCustomError("phone", "not a valid phone number")
@@ -84,9 +85,7 @@ def normalize_country(value: str) -> str:
     return code
 
 
-class Address(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Address(InputModel):
     line1: Text200
     line2: Text200 | None = None
     city: Text100
@@ -102,10 +101,8 @@ class Address(BaseModel):
         return normalize_country(value)
 
 
-class CustomerIn(BaseModel):
+class CustomerIn(InputModel):
     """A customer profile as other systems send it. A PUT replaces the whole profile."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: Text200
     email: str | None = None
@@ -176,18 +173,14 @@ class CustomerOut(BaseModel):
     updated_at: dt.datetime
 
 
-class ConsentIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ConsentIn(InputModel):
     channel: Channel
     purpose: Purpose
     granted: bool
 
 
-class ConsentsIn(BaseModel):
+class ConsentsIn(InputModel):
     """Consents to set. Channels and purposes not listed keep their current answer; omitted fields too."""
-
-    model_config = ConfigDict(extra="forbid")
 
     consents: list[ConsentIn] = Field(default_factory=list, max_length=len(Channel) * len(Purpose))
     e_delivery: bool | None = None

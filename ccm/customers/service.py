@@ -7,11 +7,12 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ccm import audit
+from ccm.audit.service import canonical_json
 from ccm.customers.models import Consent, ConsentChange, Customer
 from ccm.customers.schemas import (
     Address,
@@ -88,7 +89,12 @@ def upsert_customer(
         )
         return customer, UpsertOutcome.created
 
-    changed = {name: value for name, value in columns.items() if getattr(existing, name) != value}
+    # Compared as canonical JSON: in Python True == 1 == 1.0, but a change from true to 1 is a change.
+    changed = {
+        name: value
+        for name, value in columns.items()
+        if canonical_json(getattr(existing, name)) != canonical_json(value)
+    }
     if not changed:
         return existing, UpsertOutcome.unchanged
     for name, value in changed.items():
@@ -128,7 +134,25 @@ def _consent_out(consent: Consent) -> ConsentOut:
     )
 
 
+def customers_out(session: Session, customers: list[Customer]) -> list[CustomerOut]:
+    """Many profiles with their consents, in two queries whatever the page size."""
+    consents: dict[int, list[Consent]] = {c.id: [] for c in customers}
+    if customers:
+        rows = session.scalars(
+            select(Consent)
+            .where(Consent.customer_id.in_(list(consents)))
+            .order_by(Consent.channel, Consent.purpose)
+        )
+        for consent in rows:
+            consents[consent.customer_id].append(consent)
+    return [_customer_out(customer, consents[customer.id]) for customer in customers]
+
+
 def customer_out(session: Session, customer: Customer) -> CustomerOut:
+    return _customer_out(customer, _consents(session, customer))
+
+
+def _customer_out(customer: Customer, consents: list[Consent]) -> CustomerOut:
     address = None
     if customer.address_line1 and customer.address_city and customer.address_country:
         address = Address(
@@ -149,7 +173,7 @@ def customer_out(session: Session, customer: Customer) -> CustomerOut:
             "timezone": customer.timezone,
             "address": address,
             "attributes": customer.attributes,
-            "consents": [_consent_out(c) for c in _consents(session, customer)],
+            "consents": [_consent_out(c) for c in consents],
             "e_delivery": customer.e_delivery,
             "preferred_channels": customer.preferred_channels,
             "created_at": customer.created_at,
@@ -260,7 +284,7 @@ class CustomerFilter:
 
     def apply(self, query: Select[Customer]) -> Select[Customer]:
         if self.email is not None:
-            query = query.where(Customer.email == self.email)
+            query = query.where(func.lower(Customer.email) == self.email.lower())
         if self.phone is not None:
             query = query.where(Customer.phone == self.phone)
         if self.name_contains:

@@ -27,8 +27,10 @@ def demo_customers() -> list[dict[str, Any]]:
 
 def load_demo(database: Database, *, actor: str) -> DemoSummary:
     summary = DemoSummary()
-    with database.transaction() as session:
-        for record in demo_customers():
+    # One transaction per customer: a transaction that locks many customers while holding the audit chain
+    # head would deadlock against API requests that lock one customer and then the head.
+    for record in demo_customers():
+        with database.transaction() as session:
             profile = CustomerIn.model_validate(record["profile"])
             _, outcome = customers.upsert_customer(
                 session, external_id=record["external_id"], profile=profile, actor=actor

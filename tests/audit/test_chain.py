@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -143,9 +144,7 @@ def test_an_inserted_event_is_named_even_with_a_valid_hash(database: Database) -
         prev_hash=last.hash,
         payload=payload,
     )
-    stamp = last.occurred_at.strftime("%Y-%m-%d %H:%M:%S.%f") + (
-        "" if database.dialect == "sqlite" else "+00"
-    )
+    stamp = last.occurred_at
     tamper(
         database,
         "INSERT INTO audit_events"
@@ -199,3 +198,43 @@ def test_canonical_json_is_independent_of_key_order() -> None:
     assert canonical_json({"a": 1, "b": 2}) == canonical_json(json.loads('{"b": 2, "a": 1}'))
     with pytest.raises(ValueError, match="not JSON compliant"):
         canonical_json({"x": float("nan")})
+
+
+def test_an_edited_timestamp_is_named(database: Database) -> None:
+    append_events(database, 3)
+    stamp = stored_event(database, 2).occurred_at
+    tamper(database, f"UPDATE audit_events SET occurred_at = '{stamp[:-2]}9Z' WHERE seq = 2")
+    code, output = verify_cli(database)
+    assert code == 1
+    assert "broken at event 2" in output
+
+
+def test_a_garbage_value_is_named_not_a_crash(database: Database) -> None:
+    append_events(database, 3)
+    tamper(database, "UPDATE audit_events SET occurred_at = 'garbage', prev_hash = '' WHERE seq = 2")
+    code, output = verify_cli(database)
+    assert code == 1
+    assert "broken at event 2" in output
+
+
+def test_verify_holds_while_others_append(database: Database) -> None:
+    """Verify reads the head and the events from one snapshot: concurrent appends are never 'tampering'."""
+    append_events(database, 20)
+    stop = threading.Event()
+
+    def keep_appending() -> None:
+        while not stop.is_set():
+            append_events(database, 1)
+
+    writer = threading.Thread(target=keep_appending)
+    writer.start()
+    try:
+        results = []
+        for _ in range(40):
+            with database.snapshot() as session:
+                results.append(audit.verify(session))
+    finally:
+        stop.set()
+        writer.join()
+    assert [r.first_problem for r in results if not r.ok] == []
+    assert results[-1].events_checked > 20

@@ -203,7 +203,7 @@ def test_list_filters_and_pages_with_a_cursor(client: TestClient, admin: dict[st
 
     assert ids(country="gb") == ["C-1", "C-3", "C-4"]
     assert ids(q="ann") == ["C-1", "C-3"]
-    assert ids(email="BOB@EXAMPLE.COM".lower()) == ["C-2"]
+    assert ids(email="BOB@EXAMPLE.COM") == ["C-2"]
     assert ids(q="%") == []  # wildcards are literal
     assert ids(country="GB", limit=1) == ["C-1"]
 

@@ -58,7 +58,7 @@ def upgrade() -> None:
     op.create_table(
         "audit_events",
         sa.Column("seq", BigId, nullable=False, autoincrement=False),
-        sa.Column("occurred_at", Timestamp, nullable=False),
+        sa.Column("occurred_at", sa.String(27), nullable=False),
         sa.Column("actor", sa.String(200), nullable=False),
         sa.Column("action", sa.String(100), nullable=False),
         sa.Column("subject_type", sa.String(50), nullable=False),
@@ -106,7 +106,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_customers"),
         sa.UniqueConstraint("external_id", name="uq_customers_external_id"),
     )
-    op.create_index("ix_customers_email", "customers", ["email"])
+    op.create_index("ix_customers_email_lower", "customers", [sa.text("lower(email)")])
     op.create_index("ix_customers_phone", "customers", ["phone"])
     op.create_index("ix_customers_updated_at", "customers", ["updated_at"])
 
