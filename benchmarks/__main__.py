@@ -6,7 +6,7 @@ import argparse
 import importlib
 import time
 
-BENCHMARKS = ["audit_verify"]
+BENCHMARKS = ["audit_verify", "render"]
 
 
 def main() -> None:

@@ -17,6 +17,8 @@ from ccm.customers.router import router as customers_router
 from ccm.db import Database
 from ccm.health import router as health_router
 from ccm.middleware import RequestContextMiddleware, RequestGuard
+from ccm.templates_engine.router import router as templates_router
+from ccm.templates_engine.service import make_engine
 from ccm.worker import EmbeddedWorker, configure_broker
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     )
     app.state.settings = settings
     app.state.database = database
+    app.state.engine = make_engine(database, settings)
     app.add_middleware(RequestGuard, max_body_bytes=settings.max_request_bytes)
     app.add_middleware(RequestContextMiddleware)  # added last, so it runs first and wraps the guard
     problems.install(app)
@@ -57,5 +60,6 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.include_router(health_router)
     app.include_router(keys_router)
     app.include_router(customers_router)
+    app.include_router(templates_router)
     app.include_router(audit_router)
     return app

@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -19,9 +20,11 @@ app = typer.Typer(help="ccm: customer communication management.", no_args_is_hel
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit log.", no_args_is_help=True)
+templates_app = typer.Typer(help="Templates as code.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
+app.add_typer(templates_app, name="templates")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -43,6 +46,11 @@ def _configure_logging(settings: Settings) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+# The demo's two people, so that its templates pass the four-eyes rule like anyone else's.
+DEMO_AUTHOR = "demo:author"
+DEMO_APPROVER = "demo:approver"
 
 
 def _cli_actor() -> str:
@@ -185,20 +193,118 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id, from `
     out.print(f"revoked {key_id} (by {revoked_by})", highlight=False)
 
 
-@app.command()
-def demo() -> None:
-    """Load the demo customers (idempotent: running it again changes nothing)."""
+@templates_app.command("sync")
+def templates_sync(
+    folder: Annotated[Path, typer.Argument(help="The templates folder.")] = Path("templates"),
+) -> None:
+    """Create a draft for every template whose files changed (nothing when nothing changed)."""
     from ccm.db import Database
-    from ccm.demo import load_demo
+    from ccm.templates_engine.service import make_engine
+    from ccm.templates_engine.sync import SyncFailed, sync
+
+    settings = _settings()
+    database = Database(settings.resolved_database_url)
+    try:
+        report = sync(database, make_engine(database, settings), folder, actor=_cli_actor())
+    except SyncFailed as exc:
+        err.print(f"[red]nothing was synced[/red] ({len(exc.problems)} problem(s)):", highlight=False)
+        for problem in exc.problems:
+            err.print(f"  {problem}", highlight=False, markup=False)
+        raise typer.Exit(1) from None
+    finally:
+        database.dispose()
+    for key in report.created:
+        out.print(f"created template {key}", highlight=False)
+    for key in report.updated:
+        out.print(f"updated the name, description or category of {key}", highlight=False)
+    for key, number in report.drafts:
+        out.print(f"new draft {key} v{number}", highlight=False)
+    out.print(
+        f"{len(report.drafts)} new draft(s), {len(report.unchanged)} template(s) unchanged",
+        highlight=False,
+    )
+
+
+@templates_app.command("export")
+def templates_export(
+    key: Annotated[str, typer.Argument(help="The template's key.")],
+    folder: Annotated[Path, typer.Argument(help="Where to write it: FOLDER/KEY/...")],
+    version: Annotated[int | None, typer.Option(help="Default: the live version, else the newest.")] = None,
+) -> None:
+    """Write a template version in the folder format that `ccm templates sync` reads."""
+    from sqlalchemy import select
+
+    from ccm.db import Database
+    from ccm.errors import CCMError
+    from ccm.templates_engine import files, service
+    from ccm.templates_engine.models import TemplateVersion
 
     database = Database(_settings().resolved_database_url)
     try:
+        with database.read() as session:
+            template = service.get_template(session, key=key)
+            chosen: TemplateVersion | None
+            if version is not None:
+                chosen = service.get_version(session, template=template, number=version)
+            else:
+                chosen = (
+                    service.live_version(session, template)
+                    or session.scalars(
+                        select(TemplateVersion)
+                        .where(TemplateVersion.template_id == template.id)
+                        .order_by(TemplateVersion.number.desc())
+                    ).first()
+                )
+            if chosen is None:
+                raise typer.BadParameter(f"template '{key}' has no version yet")
+            metadata = service.template_out(session, template).model_dump(mode="json")
+            content = chosen.content
+            number = chosen.number
+    except CCMError as exc:
+        err.print(str(exc), highlight=False)
+        raise typer.Exit(1) from None
+    finally:
+        database.dispose()
+    files.write_folder(folder / key, template=metadata, content=content)
+    out.print(f"wrote {key} v{number} to {folder / key}", highlight=False)
+
+
+@app.command()
+def demo(
+    templates: Annotated[Path, typer.Option(help="The starter templates folder.")] = Path("templates"),
+) -> None:
+    """Load the demo customers and publish the starter templates (running it again changes nothing)."""
+    from ccm.db import Database
+    from ccm.demo import load_demo
+    from ccm.errors import CCMError
+    from ccm.templates_engine.service import make_engine
+    from ccm.templates_engine.sync import SyncFailed, publish_all, sync
+
+    settings = _settings()
+    database = Database(settings.resolved_database_url)
+    try:
         summary = load_demo(database, actor=_cli_actor())
+        engine = make_engine(database, settings)
+        try:
+            report = sync(database, engine, templates, actor=DEMO_AUTHOR)
+        except SyncFailed as exc:
+            err.print("[red]the starter templates did not sync[/red]:", highlight=False)
+            for problem in exc.problems:
+                err.print(f"  {problem}", highlight=False, markup=False)
+            raise typer.Exit(1) from None
+        keys = report.created + [key for key, _ in report.drafts] + report.unchanged
+        try:
+            published = publish_all(
+                database, engine, sorted(set(keys)), author=DEMO_AUTHOR, approver=DEMO_APPROVER
+            )
+        except CCMError as exc:
+            err.print(f"[red]the starter templates could not be published[/red]: {exc}", highlight=False)
+            raise typer.Exit(1) from None
     finally:
         database.dispose()
     out.print(
         f"demo: {summary.customers_created} customers created, {summary.customers_updated} updated, "
-        f"{summary.customers_unchanged} already up to date"
+        f"{summary.customers_unchanged} already up to date; {len(published)} template version(s) published"
     )
 
 

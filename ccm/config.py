@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import phonenumbers
@@ -49,6 +49,15 @@ class Settings(BaseSettings):
         default=True,
         description="Serve the API reference at /docs and /openapi.json (no data, no key needed).",
     )
+
+    render_output_limit: int = Field(
+        default=2_000_000, ge=1000, description="Most characters one template part may render to."
+    )
+    render_time_limit: float = Field(
+        default=2.0, gt=0, le=60, description="Most seconds one template part may take to render."
+    )
+    print_page_size: Literal["A4", "Letter"] = "A4"
+    print_author: str = "ccm"
 
     smtp_host: str | None = None
     smtp_port: Port = 25

@@ -27,9 +27,21 @@ class FieldError:
     path: str
     message: str
     type: str = "invalid"
+    line: int | None = None  # for template sources: the line the problem is on
+    part: str | None = None  # for template sources: the part, such as "email.html" or "fr:sms.body"
 
-    def as_dict(self) -> dict[str, str]:
-        return {"in": self.location, "path": self.path, "message": self.message, "type": self.type}
+    def as_dict(self) -> dict[str, str | int]:
+        result: dict[str, str | int] = {
+            "in": self.location,
+            "path": self.path,
+            "message": self.message,
+            "type": self.type,
+        }
+        if self.part is not None:
+            result["part"] = self.part
+        if self.line is not None:
+            result["line"] = self.line
+        return result
 
 
 class CCMError(Exception):

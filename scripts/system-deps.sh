@@ -5,10 +5,12 @@ set -euo pipefail
 
 purpose=${1:-run}
 
-# Packages the service needs at run time (WeasyPrint's libraries join this list with the print channel).
-run_packages=()
-# Packages the test suite needs on top: a PostgreSQL server the tests start in a temp dir.
-test_packages=(postgresql)
+# Packages the service needs at run time: WeasyPrint's libraries (Pango; HarfBuzz's subsetter, without which
+# font subsetting is several times slower) and fonts for letters.
+run_packages=(libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fontconfig fonts-dejavu-core)
+# Packages the test suite needs on top: a PostgreSQL server the tests start in a temp dir, and pdftotext to
+# read letters back.
+test_packages=(postgresql poppler-utils)
 
 packages=("${run_packages[@]}")
 if [ "$purpose" = "test" ]; then

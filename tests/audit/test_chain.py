@@ -202,8 +202,9 @@ def test_canonical_json_is_independent_of_key_order() -> None:
 
 def test_an_edited_timestamp_is_named(database: Database) -> None:
     append_events(database, 3)
-    stamp = stored_event(database, 2).occurred_at
-    tamper(database, f"UPDATE audit_events SET occurred_at = '{stamp[:-2]}9Z' WHERE seq = 2")
+    stamp = stored_event(database, 2).occurred_at  # ...HH:MM:SS.ffffffZ
+    edited = stamp[:-2] + ("1" if stamp[-2] != "1" else "2") + "Z"  # one microsecond off, always a change
+    tamper(database, f"UPDATE audit_events SET occurred_at = '{edited}' WHERE seq = 2")
     code, output = verify_cli(database)
     assert code == 1
     assert "broken at event 2" in output

@@ -28,6 +28,10 @@ PUBLIC = {
     ("GET", "/openapi.json"),
 }
 
+AUTHORS = frozenset({Role.admin, Role.author})
+APPROVERS = frozenset({Role.admin, Role.approver})
+REVIEWERS = frozenset({*AUTHORS, *APPROVERS, Role.auditor})
+
 # route -> (roles let through, the status those roles get for the request made below)
 ROLES: dict[tuple[str, str], tuple[frozenset[Role], int]] = {
     ("POST", "/v1/keys"): (frozenset({Role.admin}), 201),
@@ -41,17 +45,67 @@ ROLES: dict[tuple[str, str], tuple[frozenset[Role], int]] = {
     ("GET", "/v1/customers/{external_id}/consents"): (READERS, 200),
     ("GET", "/v1/customers/{external_id}/consents/history"): (READERS, 200),
     ("GET", "/v1/audit/verify"): (frozenset({Role.admin, Role.auditor}), 200),
+    ("POST", "/v1/templates"): (AUTHORS, 201),
+    ("GET", "/v1/templates"): (ALL, 200),
+    ("GET", "/v1/templates/{key}"): (ALL, 200),
+    ("PATCH", "/v1/templates/{key}"): (AUTHORS, 200),
+    ("POST", "/v1/templates/{key}/versions"): (AUTHORS, 201),
+    ("GET", "/v1/templates/{key}/versions/{number}"): (ALL, 200),
+    ("PATCH", "/v1/templates/{key}/versions/{number}"): (AUTHORS, 200),
+    ("POST", "/v1/templates/{key}/versions/{number}/submit"): (AUTHORS, 200),
+    ("POST", "/v1/templates/{key}/versions/{number}/approve"): (APPROVERS, 200),
+    ("POST", "/v1/templates/{key}/versions/{number}/reject"): (APPROVERS, 200),
+    ("POST", "/v1/templates/{key}/versions/{number}/publish"): (APPROVERS, 200),
+    ("GET", "/v1/templates/{key}/versions/{number}/diff"): (REVIEWERS, 200),
+    ("GET", "/v1/templates/{key}/usage"): (REVIEWERS, 200),
+    ("POST", "/v1/templates/{key}/preview"): (frozenset({*AUTHORS, *APPROVERS}), 200),
 }
 
-# Valid requests, so that a role that is let through gets an answer other than 401 or 403.
-PATH_VALUES = {"external_id": "CUST-ROLES", "key_id": "00000000-0000-0000-0000-000000000000"}
-BODIES: dict[tuple[str, str], dict[str, Any]] = {
-    ("POST", "/v1/keys"): {"name": "made in the role test", "role": "auditor"},
-    ("PUT", "/v1/customers/{external_id}"): {"name": "Role Test"},
-    ("PUT", "/v1/customers/{external_id}/consents"): {
-        "consents": [{"channel": "email", "purpose": "marketing", "granted": True}]
-    },
-}
+# Each role works on a template of its own, whose versions are in the states the calls need:
+# 1 a draft (edit, submit), 2 and 3 in review (approve, reject), 4 approved (publish, preview).
+VERSION_FOR = {"submit": 1, "approve": 2, "reject": 3, "publish": 4, "diff": 2}
+SMS = {"parts": {"sms": {"body": "Hello {{ customer.name }}"}}}
+
+
+def body_for(method: str, path: str, role: Role) -> dict[str, Any] | None:
+    bodies: dict[tuple[str, str], dict[str, Any]] = {
+        ("POST", "/v1/keys"): {"name": "made in the role test", "role": "auditor"},
+        ("PUT", "/v1/customers/{external_id}"): {"name": "Role Test"},
+        ("PUT", "/v1/customers/{external_id}/consents"): {
+            "consents": [{"channel": "email", "purpose": "marketing", "granted": True}]
+        },
+        ("POST", "/v1/templates"): {"key": f"made_by_{role.value}", "name": "Role test"},
+        ("PATCH", "/v1/templates/{key}"): {"description": f"edited by {role.value}"},
+        ("POST", "/v1/templates/{key}/versions"): {},
+        ("PATCH", "/v1/templates/{key}/versions/{number}"): {"notes": f"edited by {role.value}"},
+        ("POST", "/v1/templates/{key}/versions/{number}/reject"): {"reason": "not clear enough"},
+        ("POST", "/v1/templates/{key}/preview"): {"version": 4},
+    }
+    return bodies.get((method, path))
+
+
+def url_for(path: str, role: Role) -> str:
+    verb = path.rsplit("/", 1)[-1]
+    values = {
+        "external_id": "CUST-ROLES",
+        "key_id": "00000000-0000-0000-0000-000000000000",
+        "key": f"roles_{role.value}",
+        "number": VERSION_FOR.get(verb, 1),
+    }
+    return path.format(**values)
+
+
+def prepare_templates(client: TestClient, author: dict[str, str], approver: dict[str, str]) -> None:
+    for role in Role:
+        key = f"roles_{role.value}"
+        assert client.post("/v1/templates", json={"key": key, "name": key}, headers=author).status_code == 201
+        for number in (1, 2, 3, 4):
+            assert client.post(f"/v1/templates/{key}/versions", json=SMS, headers=author).status_code == 201
+            if number > 1:
+                submitted = client.post(f"/v1/templates/{key}/versions/{number}/submit", headers=author)
+                assert submitted.status_code == 200
+        approved = client.post(f"/v1/templates/{key}/versions/4/approve", headers=approver)
+        assert approved.status_code == 200
 
 
 def _walk(routes: Sequence[BaseRoute]) -> Iterator[tuple[str, str]]:
@@ -73,10 +127,10 @@ def served_routes(app: FastAPI) -> set[tuple[str, str]]:
     return routes
 
 
-def call(client: TestClient, method: str, path: str, headers: dict[str, str]) -> int:
-    url = path.format(**PATH_VALUES)
-    body = BODIES.get((method, path))
-    return client.request(method, url, json=body, headers=headers).status_code
+def call(client: TestClient, method: str, path: str, role: Role, headers: dict[str, str]) -> int:
+    return client.request(
+        method, url_for(path, role), json=body_for(method, path, role), headers=headers
+    ).status_code
 
 
 def test_every_served_route_has_a_declared_policy(app: FastAPI) -> None:
@@ -91,8 +145,8 @@ def test_route_needs_a_key(client: TestClient, route: tuple[str, str]) -> None:
         {"Authorization": "Bearer ccm_not-a-real-key"},
         {"Authorization": "Basic dXNlcjpwYXNz"},
     ):
-        url = path.format(**PATH_VALUES)
-        response = client.request(method, url, json=BODIES.get(route), headers=headers)
+        url = url_for(path, Role.admin)
+        response = client.request(method, url, json=body_for(method, path, Role.admin), headers=headers)
         assert response.status_code == 401, (headers, response.text)
         assert response.headers["content-type"] == "application/problem+json"
         assert response.headers["www-authenticate"] == "Bearer"
@@ -105,9 +159,10 @@ def test_every_route_for_every_role(
     assert (
         client.put("/v1/customers/CUST-ROLES", json={"name": "Role Test"}, headers=admin).status_code == 201
     )
+    prepare_templates(client, role_keys[Role.author], role_keys[Role.approver])
     for (method, path), (allowed, expected) in sorted(ROLES.items()):
         for role in Role:
-            status = call(client, method, path, role_keys[role])
+            status = call(client, method, path, role, role_keys[role])
             assert status == (expected if role in allowed else 403), (method, path, role, status)
 
 

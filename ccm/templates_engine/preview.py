@@ -1,0 +1,174 @@
+"""Previewing a version: every channel rendered for a customer and data; the SMS counted, the letter a PDF."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ccm.channels import Channel
+from ccm.channels.print import render_pdf
+from ccm.channels.sms_segments import count_segments
+from ccm.config import Settings
+from ccm.customers.models import Customer
+from ccm.customers.service import customer_out, get_customer
+from ccm.errors import CCMError
+from ccm.templates_engine import service
+from ccm.templates_engine.models import TemplateKind, TemplateVersion
+from ccm.templates_engine.render import RenderContext, RenderedChannel, TemplateEngine
+from ccm.templates_engine.schemas import InlineCustomer, PreviewOut, PreviewRequest
+from ccm.templates_engine.schemas import RenderProblem as RenderProblemOut
+
+SAMPLE_CUSTOMER: dict[str, Any] = {
+    "external_id": "SAMPLE",
+    "name": "Alex Sample",
+    "email": "alex.sample@example.com",
+    "phone": "+447911123456",
+    "locale": None,
+    "timezone": "Europe/London",
+    "address": {
+        "line1": "1 Sample Street",
+        "line2": None,
+        "city": "London",
+        "region": None,
+        "postal_code": "SW1A 1AA",
+        "country": "GB",
+    },
+    "attributes": {},
+}
+
+
+def message_context(settings: Settings, message_id: str, *, preview: bool = False) -> dict[str, Any]:
+    """The `message` a template sees. In a preview the links lead to placeholder pages."""
+    base = str(settings.public_base_url).rstrip("/")
+    token = "preview" if preview else message_id
+    return {
+        "id": message_id,
+        "date": dt.date.today().isoformat(),
+        "unsubscribe_url": f"{base}/unsubscribe/{token}",
+        "portal_url": f"{base}/portal/{token}",
+    }
+
+
+class RenderFailed(CCMError):
+    status = 422
+    slug = "render-error"
+    title = "The template did not render"
+
+
+_CUSTOMER_FIELDS = ("external_id", "name", "email", "phone", "locale", "timezone", "address", "attributes")
+
+
+def customer_context(session: Session, customer: Customer) -> dict[str, Any]:
+    """The `customer` a template sees: the profile's public fields."""
+    profile = customer_out(session, customer).model_dump(mode="json")
+    return {name: profile.get(name) for name in _CUSTOMER_FIELDS}
+
+
+def inline_customer_context(customer: InlineCustomer) -> dict[str, Any]:
+    profile = customer.model_dump(mode="json")
+    return {name: profile.get(name) for name in _CUSTOMER_FIELDS}
+
+
+def channel_result(
+    rendered: RenderedChannel, *, settings: Settings, title: str, page_size: str | None
+) -> dict[str, Any]:
+    result: dict[str, Any] = {"locale": rendered.locale, **rendered.fields}
+    if rendered.channel is Channel.sms and "body" in rendered.fields:
+        counted = count_segments(rendered.fields["body"])
+        result.update(encoding=counted.encoding.value, characters=counted.units, segments=counted.segments)
+    if rendered.channel is Channel.print and "html" in rendered.fields:
+        pdf = render_pdf(
+            rendered.fields["html"],
+            css=rendered.fields.get("css"),
+            page_size="Letter" if (page_size or settings.print_page_size) == "Letter" else "A4",
+            title=title,
+            author=settings.print_author,
+            language=rendered.locale,
+        )
+        result.update(pages=pdf.pages, pdf_base64=base64.b64encode(pdf.content).decode())
+    return result
+
+
+def preview(
+    session: Session, engine: TemplateEngine, settings: Settings, *, key: str, request: PreviewRequest
+) -> PreviewOut:
+    template = service.get_template(session, key=key)
+    if template.kind is not TemplateKind.communication:
+        raise RenderFailed(f"'{key}' is a {template.kind.value}: preview a communication that uses it")
+    version = _chosen_version(session, template_id=template.id, number=request.version, key=key)
+    if version is None:
+        raise RenderFailed(f"template '{key}' has no version to preview yet")
+
+    data = request.data if request.data is not None else dict(version.content.get("sample_data", {}))
+    service.validate_data(version.content.get("schema"), data)
+
+    if isinstance(request.customer, str):
+        customer = customer_context(session, get_customer(session, external_id=request.customer))
+    elif request.customer is not None:
+        customer = inline_customer_context(request.customer)
+    else:
+        customer = dict(SAMPLE_CUSTOMER)
+    locale = request.locale or customer.get("locale") or template.default_locale
+    context = RenderContext(
+        customer=customer,
+        data=data,
+        message=message_context(settings, f"preview-{uuid.uuid4()}", preview=True),
+        locale=locale,
+        timezone=customer.get("timezone") or "UTC",
+    )
+    loaded = service.loaded(session, template, version)
+    parts: dict[str, dict[str, Any]] = {}
+    problems = []
+    for channel in loaded.channels():
+        rendered = engine.render_channel(loaded, channel, context)
+        problems.extend(rendered.problems)
+        if rendered.fields:
+            page_size = (version.content["parts"].get("print") or {}).get("page_size")
+            if channel is Channel.print:
+                css = (loaded.parts_for(loaded.locale_key(locale, "print")).get("print") or {}).get("css")
+                if css:
+                    rendered.fields["css"] = css
+            parts[channel.value] = channel_result(
+                rendered, settings=settings, title=template.name, page_size=page_size
+            )
+            parts[channel.value].pop("css", None)
+    result = PreviewOut(
+        template=key,
+        version=version.number,
+        locale=locale,
+        parts=parts,
+        errors=[
+            RenderProblemOut(part=p.part, line=p.line, variable=p.variable, message=p.message)
+            for p in problems
+        ],
+    )
+    if problems:
+        raise RenderFailed(
+            "; ".join(
+                f"{p.part}" + (f" line {p.line}" if p.line else "") + f": {p.message}" for p in problems
+            ),
+            **result.model_dump(mode="json"),
+        )
+    return result
+
+
+def _chosen_version(
+    session: Session, *, template_id: int, number: int | None, key: str
+) -> TemplateVersion | None:
+    template = service.get_template(session, key=key)
+    if number is not None:
+        return service.get_version(session, template=template, number=number)
+    live = service.live_version(session, template)
+    if live is not None:
+        return live
+    return session.scalars(
+        select(TemplateVersion)
+        .where(TemplateVersion.template_id == template_id)
+        .order_by(TemplateVersion.number.desc())
+        .limit(1)
+    ).first()

@@ -1,0 +1,310 @@
+"""Rendering template versions: locale fallback, layouts and snippets at their pinned versions, compiled once.
+
+Every source has a content-addressed engine name, `<key>@<number>:<hash16>/<part>/<locale>` (`_` for the
+default locale): a compiled template can never go stale, and Jinja's own cache is the per (version, locale,
+part) cache.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import html2text
+from jinja2 import TemplateNotFound, TemplateSyntaxError
+from jinja2.exceptions import SecurityError, UndefinedError
+
+from ccm.channels import Channel
+from ccm.templates_engine import analysis
+from ccm.templates_engine.filters import FILTERS, LOCALE_VAR, TIMEZONE_VAR, FilterInputError
+from ccm.templates_engine.models import TemplateKind
+from ccm.templates_engine.sandbox import RenderLimitError, TemplateEnvironment
+
+DEFAULT_LOCALE_KEY = "_"
+
+# The fields rendered for each channel, and whether each is HTML (autoescaped).
+CHANNEL_FIELDS: dict[Channel, tuple[str, ...]] = {
+    Channel.email: ("subject", "html", "text"),
+    Channel.sms: ("body",),
+    Channel.print: ("html",),
+    Channel.portal: ("title", "html"),
+}
+SINGLE_LINE_FIELDS = {"subject", "title"}
+_SMS_SPACES = str.maketrans({"\u00a0": " ", "\u202f": " ", "\u2009": " "})
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    """A version's content as the engine needs it. Immutable: an edited draft is another LoadedVersion."""
+
+    key: str
+    number: int
+    kind: TemplateKind
+    default_locale: str
+    content: dict[str, Any]
+    content_hash: str
+    # key -> pinned version number; None while a draft, whose includes render with the live versions.
+    pins: dict[str, int] | None
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.key}@{self.number}:{self.content_hash[:16]}"
+
+    def parts_for(self, locale_key: str) -> dict[str, Any]:
+        if locale_key == DEFAULT_LOCALE_KEY:
+            parts: dict[str, Any] = self.content.get("parts", {})
+            return parts
+        variant: dict[str, Any] = self.content.get("locales", {}).get(locale_key, {})
+        return variant
+
+    def locale_key(self, locale: str | None, field_name: str) -> str:
+        """The locale whose content serves `locale` for a part or `body`: fr-CA -> fr -> the default."""
+        locales = self.content.get("locales", {})
+        for candidate in _fallbacks(locale):
+            if candidate in locales and field_name in locales[candidate]:
+                return candidate
+        return DEFAULT_LOCALE_KEY
+
+    def channels(self) -> list[Channel]:
+        parts = self.content.get("parts", {})
+        return [channel for channel in Channel if channel.value in parts]
+
+
+def _fallbacks(locale: str | None) -> list[str]:
+    if not locale:
+        return []
+    pieces = locale.split("-")
+    return ["-".join(pieces[:n]) for n in range(len(pieces), 0, -1)]
+
+
+@dataclass(frozen=True)
+class RenderProblem:
+    part: str
+    line: int | None
+    variable: str | None
+    message: str
+
+
+@dataclass
+class RenderedChannel:
+    channel: Channel
+    locale: str  # the locale whose content was used: "fr", or the template's default locale
+    fields: dict[str, str] = field(default_factory=dict)
+    problems: list[RenderProblem] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    customer: dict[str, Any]
+    data: dict[str, Any]
+    message: dict[str, Any]
+    locale: str  # the customer's locale, for formatting: fr-CA formats money as in Canada
+    timezone: str
+
+    def variables(self) -> dict[str, Any]:
+        return {
+            "customer": self.customer,
+            "data": self.data,
+            "message": self.message,
+            LOCALE_VAR: self.locale,
+            TIMEZONE_VAR: self.timezone,
+        }
+
+
+VersionLoader = Callable[[str, int | None], LoadedVersion]
+
+
+class TemplateEngine:
+    """Renders versions. `load_version(key, number)` fetches a layout or snippet version from storage
+    (number None: the live one); it is called only the first time a version is needed."""
+
+    def __init__(
+        self, *, load_version: VersionLoader, output_limit: int, time_limit: float, max_versions: int = 1000
+    ) -> None:
+        self._load_version = load_version
+        self._versions: OrderedDict[str, LoadedVersion] = OrderedDict()
+        self._pinned: dict[tuple[str, int], str] = {}
+        self._resolved: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+        self._max_versions = max_versions
+        self.environment = TemplateEnvironment(
+            source_lookup=self._source,
+            include_resolver=self._resolve_include,
+            output_limit=output_limit,
+            time_limit=time_limit,
+        )
+        self.environment.add_filters(FILTERS)
+        self._text_maker = html2text.HTML2Text()
+        self._text_maker.body_width = 0
+        self._text_maker.ignore_images = True
+
+    # --- the version registry -----------------------------------------------------------------------------
+
+    def register(self, version: LoadedVersion) -> LoadedVersion:
+        with self._lock:
+            self._versions[version.prefix] = version
+            self._versions.move_to_end(version.prefix)
+            if version.pins is not None:
+                self._pinned[(version.key, version.number)] = version.prefix
+            while len(self._versions) > self._max_versions:
+                _, evicted = self._versions.popitem(last=False)
+                self._pinned.pop((evicted.key, evicted.number), None)
+        return version
+
+    def _registered(self, prefix: str) -> LoadedVersion:
+        with self._lock:
+            version = self._versions.get(prefix)
+        if version is None:
+            raise KeyError(prefix)
+        return version
+
+    def _version_by_number(self, key: str, number: int | None) -> LoadedVersion:
+        if number is not None:
+            with self._lock:
+                prefix = self._pinned.get((key, number))
+                if prefix is not None and prefix in self._versions:
+                    return self._versions[prefix]
+        return self.register(self._load_version(key, number))
+
+    # --- the loader side of Jinja ---------------------------------------------------------------------
+
+    def _source(self, name: str) -> str:
+        prefix, part, locale_key = name.split("/")
+        version = self._registered(prefix)
+        parts = version.parts_for(locale_key)
+        if part.startswith("body."):
+            source = parts.get("body")
+        else:
+            channel, _, field_name = part.partition(".")
+            source = (parts.get(channel) or {}).get(field_name)
+        if source is None:
+            raise KeyError(name)
+        return str(source)
+
+    def _resolve_include(self, key: str, parent: str) -> str:
+        resolved = self._resolved.get((key, parent))
+        if resolved is not None:
+            return resolved
+        parent_prefix, parent_part, parent_locale = parent.split("/")
+        parent_version = self._registered(parent_prefix)
+        if parent_version.pins is None:
+            number = None
+        elif key in parent_version.pins:
+            number = parent_version.pins[key]
+        else:
+            raise TemplateNotFound(
+                key, message=f"'{key}' is not among the layouts and snippets this version uses"
+            )
+        try:
+            child = self._version_by_number(key, number)
+        except LookupError:
+            raise TemplateNotFound(key, message=f"no published layout or snippet named '{key}'") from None
+        if child.kind is TemplateKind.communication:
+            raise TemplateNotFound(key, message=f"'{key}' is a communication, not a layout or snippet")
+        child_part = "body.html" if parent_part.endswith("html") else "body.txt"
+        locale_key = (
+            parent_locale if parent_locale in child.content.get("locales", {}) else DEFAULT_LOCALE_KEY
+        )
+        resolved = f"{child.prefix}/{child_part}/{locale_key}"
+        if parent_version.pins is not None:
+            # A submitted version's pins never change, so neither does what its includes resolve to.
+            # (A draft's includes follow the live versions, so they are resolved each time.)
+            with self._lock:
+                if len(self._resolved) > 20 * self._max_versions:
+                    self._resolved.clear()
+                self._resolved[(key, parent)] = resolved
+        return resolved
+
+    # --- rendering ----------------------------------------------------------------------------------------
+
+    def engine_name(self, version: LoadedVersion, channel: Channel, field_name: str, locale_key: str) -> str:
+        return f"{version.prefix}/{channel.value}.{field_name}/{locale_key}"
+
+    def render_channel(
+        self, version: LoadedVersion, channel: Channel, context: RenderContext
+    ) -> RenderedChannel:
+        """Render every field of one channel; each field's failure is recorded on its own."""
+        self.register(version)
+        locale_key = version.locale_key(context.locale, channel.value)
+        parts = version.parts_for(locale_key)
+        source = parts.get(channel.value)
+        shown_locale = version.default_locale if locale_key == DEFAULT_LOCALE_KEY else locale_key
+        result = RenderedChannel(channel=channel, locale=shown_locale)
+        if source is None:
+            result.problems.append(
+                RenderProblem(channel.value, None, None, f"the template has no {channel} part")
+            )
+            return result
+        variables = self._variables(version, locale_key, context)
+        for field_name in CHANNEL_FIELDS[channel]:
+            if source.get(field_name) is None:
+                continue
+            name = self.engine_name(version, channel, field_name, locale_key)
+            try:
+                text = self.environment.render(name, variables)
+            except Exception as exc:  # noqa: BLE001 - every failure of a user's template becomes a problem report
+                result.problems.append(self._problem(exc, f"{channel.value}.{field_name}", name))
+                continue
+            if field_name in SINGLE_LINE_FIELDS:
+                text = " ".join(text.split())
+            if channel is Channel.sms:
+                # Locale formats put no-break spaces in money and dates; GSM-7 has none, and one such
+                # character would make the whole message UCS-2, halving what fits in a segment.
+                text = text.translate(_SMS_SPACES)
+            result.fields[field_name] = text
+        if channel is Channel.email and "html" in result.fields and "text" not in source:
+            result.fields["text"] = self._text_maker.handle(result.fields["html"]).strip() + "\n"
+        return result
+
+    def _variables(self, version: LoadedVersion, locale_key: str, context: RenderContext) -> dict[str, Any]:
+        variables = context.variables()
+        if locale_key == DEFAULT_LOCALE_KEY:
+            # Content in the default language is formatted in it too: no English text with French dates.
+            variables[LOCALE_VAR] = version.default_locale
+        return variables
+
+    def render_field(
+        self, version: LoadedVersion, channel: Channel, field_name: str, context: RenderContext
+    ) -> str:
+        """One field of one channel, raw: the render path itself, without render_channel's reporting."""
+        locale_key = version.locale_key(context.locale, channel.value)
+        name = self.engine_name(version, channel, field_name, locale_key)
+        return self.environment.render(name, self._variables(version, locale_key, context))
+
+    def warm(self, version: LoadedVersion) -> None:
+        """Compile every part of every locale now, so that sending never compiles."""
+        self.register(version)
+        keys = [DEFAULT_LOCALE_KEY, *version.content.get("locales", {})]
+        for locale_key in keys:
+            parts = version.parts_for(locale_key)
+            for channel in Channel:
+                for field_name in CHANNEL_FIELDS[channel]:
+                    if (parts.get(channel.value) or {}).get(field_name) is not None:
+                        self.environment.get_template(
+                            self.engine_name(version, channel, field_name, locale_key)
+                        )
+
+    def _problem(self, exc: Exception, part: str, name: str) -> RenderProblem:
+        location = analysis.error_location(exc, {name})
+        line = location[1] if location else getattr(exc, "lineno", None)
+        failing_name = location[0] if location else name
+        where = "" if failing_name == name else f" (in {failing_name.split('@')[0]})"
+        if isinstance(exc, UndefinedError):
+            tree = None
+            try:
+                tree = self.environment.parse(self._source(failing_name))
+            except (KeyError, TemplateSyntaxError):
+                tree = None
+            variable = analysis.undefined_variable(str(exc), tree, line)
+            message = f"{variable or 'a variable'} is not defined{where}"
+            return RenderProblem(part, line, variable, message)
+        if isinstance(exc, SecurityError):
+            return RenderProblem(part, line, None, f"not allowed in a template: {exc}{where}")
+        if isinstance(exc, RenderLimitError | FilterInputError | TemplateNotFound):
+            return RenderProblem(
+                part, line, None, f"{exc.message if isinstance(exc, TemplateNotFound) else exc}{where}"
+            )
+        return RenderProblem(part, line, None, f"{type(exc).__name__}: {exc}{where}")
