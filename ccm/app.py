@@ -6,7 +6,9 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import FastAPI
+from sqlalchemy.exc import SQLAlchemyError
 
 import ccm
 from ccm import problems
@@ -17,11 +19,22 @@ from ccm.customers.router import router as customers_router
 from ccm.db import Database
 from ccm.health import router as health_router
 from ccm.middleware import RequestContextMiddleware, RequestGuard
+from ccm.templates_engine.render import TemplateEngine
 from ccm.templates_engine.router import router as templates_router
-from ccm.templates_engine.service import make_engine
+from ccm.templates_engine.service import make_engine, warm_live_versions
 from ccm.worker import EmbeddedWorker, configure_broker
 
 log = logging.getLogger(__name__)
+
+
+def _warm_templates(database: Database, engine: TemplateEngine) -> None:
+    try:
+        count = warm_live_versions(database, engine)
+    except SQLAlchemyError:
+        # No schema yet (`ccm db upgrade` not run): /ready says so; nothing to warm.
+        log.warning("templates not compiled at start: the database is not ready")
+        return
+    log.info("compiled %d live template versions", count)
 
 
 def create_app(settings: Settings | None = None, *, database: Database | None = None) -> FastAPI:
@@ -30,6 +43,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(_warm_templates, database, app.state.engine)
         worker = None
         if settings.embedded:
             worker = EmbeddedWorker(configure_broker(settings))

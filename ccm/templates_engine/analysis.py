@@ -65,13 +65,15 @@ def parse(environment: Environment, source: str) -> nodes.Template:
         return environment.parse(source)
     except TemplateSyntaxError as exc:
         raise TemplateProblem(Finding(exc.lineno, exc.message or "syntax error")) from None
+    except RecursionError:
+        raise TemplateProblem(Finding(None, "expressions are nested too deeply to be read")) from None
 
 
 def check_safety(tree: nodes.Template) -> None:
     """Refuse, before anything runs, what the sandbox would refuse at render time anyway: private names."""
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter, nodes.NSRef)):
         name: Any = None
-        if isinstance(node, nodes.Getattr):
+        if isinstance(node, nodes.Getattr | nodes.NSRef):
             name = node.attr
         elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
             name = node.arg.value

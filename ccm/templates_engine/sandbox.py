@@ -19,16 +19,19 @@ from __future__ import annotations
 import ctypes
 import functools
 import itertools
-import string
+import re
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sized
+import types
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from jinja2 import BaseLoader, StrictUndefined, Template, TemplateNotFound, nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.runtime import Context
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedFormatter
+from markupsafe import EscapeFormatter, Markup
 
 # A template names another template in its source by key; the engine turns that into a full name
 # "<key>@<number>:<hash>/<part>/<locale>" through TemplateEnvironment.join_path.
@@ -112,10 +115,47 @@ class _Watchdog:
 _watchdog = _Watchdog()
 
 
-def _size(value: Any) -> int:
-    if isinstance(value, str | bytes | list | tuple | dict | set):
+def _size(value: Any, limit: int = sys.maxsize, depth: int = 32) -> int:
+    """About how many characters a value takes once printed: text its length, a container its length plus
+    what its elements weigh, all the way down. Counting stops once past `limit`: nothing larger matters."""
+    if isinstance(value, str | bytes):
         return len(value)
-    return 0
+    if not isinstance(value, dict | list | tuple | set | frozenset):
+        return 0
+    total = len(value)
+    if depth == 0 or total > limit:
+        return total
+    items = value.items() if isinstance(value, dict) else value
+    for item in items:
+        total += _size(item, limit - total, depth - 1)
+        if total > limit:
+            break
+    return total
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# A printf-style conversion: %d, %10s, %(name)-10.3f, %*d ...
+_PRINTF = re.compile(r"%(?:\([^)]*\))?[-+ #0]*(?P<width>\*|\d+)?(?:\.(?P<precision>\*|\d+))?[hlL]?[a-zA-Z%]")
+
+
+class _LimitedFormatter(SandboxedFormatter):
+    """str.format with each field's width and precision checked once nested fields are filled in
+    (`'{:{}}'.format(1, '999999999')` hides the width in an argument)."""
+
+    def __init__(self, env: TemplateEnvironment, **kwargs: Any) -> None:
+        super().__init__(env, **kwargs)
+        self._limited = env
+
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        self._limited.check_numbers_in(format_spec, "a format width")
+        return super().format_field(value, format_spec)
+
+
+class _LimitedEscapeFormatter(_LimitedFormatter, EscapeFormatter):
+    pass
 
 
 class _LimitedCodeGenerator(CodeGenerator):
@@ -125,6 +165,9 @@ class _LimitedCodeGenerator(CodeGenerator):
         self.write("environment.checked(")
         super().visit_Concat(node, frame)
         self.write(")")
+
+
+_MAX_JSON_INDENT = 8
 
 
 class TemplateEnvironment(ImmutableSandboxedEnvironment):
@@ -153,6 +196,8 @@ class TemplateEnvironment(ImmutableSandboxedEnvironment):
         self.output_limit = output_limit
         self.time_limit = time_limit
         self._compiled: dict[str, Template] = {}
+        # About as many bits as a number printed within the output limit can have (3.3 bits a digit).
+        self._max_bits = output_limit * 4
         self._compiled_limit = cache_size
         self._include_resolver = include_resolver
         # Business users need none of these, and each has been a stepping stone in published escapes.
@@ -173,76 +218,112 @@ class TemplateEnvironment(ImmutableSandboxedEnvironment):
         return OutputTooLarge(f"{what} goes over the output limit of {self.output_limit} characters")
 
     def checked(self, value: Any) -> Any:
-        if _size(value) > self.output_limit:
+        if _size(value, self.output_limit) > self.output_limit:
             raise self._too_large(f"a value of {_size(value)} characters")
         return value
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         limit = self.output_limit
         if operator == "*":
-            for seq, times in ((left, right), (right, left)):
-                if isinstance(times, int) and _size(seq) and _size(seq) * times > limit:
-                    raise self._too_large(f"repeating a value {times} times")
+            if _is_int(left) and _is_int(right):
+                if abs(left).bit_length() + abs(right).bit_length() > self._max_bits:
+                    raise self._too_large("multiplying these numbers")
+            else:
+                for seq, times in ((left, right), (right, left)):
+                    if _is_int(times) and times > 0 and _size(seq, limit // times + 1) * times > limit:
+                        raise self._too_large(f"repeating a value {times} times")
         elif operator == "**":
-            if isinstance(right, int) and right > 1000 and isinstance(left, int) and abs(left) > 1:
-                raise self._too_large(f"{left} ** {right}")
+            # Big integers are computed in C, holding the GIL: no watchdog could stop them, so refuse first.
+            big = _is_int(left) and _is_int(right) and right > 0 and abs(left) > 1
+            if big and abs(left).bit_length() * right > self._max_bits:
+                raise self._too_large(f"a number to the power {right}")
         elif operator == "%" and isinstance(left, str):
-            self._check_printf_widths(left)
-        elif operator == "+" and _size(left) + _size(right) > limit:
+            self._check_printf(left, right)
+        elif operator == "+" and _size(left, limit) + _size(right, limit) > limit:
             raise self._too_large("joining these values")
         return self.checked(super().call_binop(context, operator, left, right))
 
-    def _check_printf_widths(self, template: str) -> None:
-        digits = ""
-        in_spec = False
-        for ch in template:
-            if ch == "%":
-                in_spec, digits = not in_spec, ""
-            elif in_spec:
-                if ch.isdigit():
-                    digits += ch
-                    if int(digits) > self.output_limit:
-                        raise self._too_large(f"a format width of {digits}")
-                elif ch not in "-+ #0.":
-                    in_spec, digits = False, ""
+    def check_numbers_in(self, spec: str, what: str) -> None:
+        for number in re.findall(r"\d+", spec):
+            if int(number) > self.output_limit:
+                raise self._too_large(f"{what} of {number}")
+
+    def _check_printf(self, template: str, arguments: Any) -> None:
+        """Widths and precisions written in the format, and those `*` takes from the arguments."""
+        for match in _PRINTF.finditer(template):
+            for number in (match.group("width"), match.group("precision")):
+                if number and number != "*" and int(number) > self.output_limit:
+                    raise self._too_large(f"a format width of {number}")
+        if isinstance(arguments, dict):
+            values: Iterable[Any] = arguments.values()
+        elif isinstance(arguments, tuple | list):
+            values = arguments
+        else:
+            values = (arguments,)
+        for value in values:
+            if _is_int(value) and value > self.output_limit:
+                raise self._too_large(f"a format argument of {value}")
 
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         limit = __self.output_limit
         for value in (*args, *kwargs.values()):
-            if isinstance(value, int) and not isinstance(value, bool) and value > limit:
+            if _is_int(value) and value > limit:
                 raise __self._too_large(f"an argument of {value}")
         bound_self = getattr(__obj, "__self__", None)
-        name = getattr(__obj, "__name__", "")
-        if isinstance(bound_self, str) and name == "replace" and len(args) >= 2:
-            occurrences = bound_self.count(args[0]) if args[0] else len(bound_self) + 1
-            if len(bound_self) + occurrences * _size(args[1]) > limit:
-                raise __self._too_large("this replace")
-        if isinstance(bound_self, str) and name == "join" and args:
-            __self._check_join(bound_self, args[0])
+        if isinstance(bound_self, str):
+            __self._check_str_method(bound_self, getattr(__obj, "__name__", ""), args, kwargs)
         return __self.checked(super().call(__context, __obj, *args, **kwargs))
 
+    def _check_str_method(self, text: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """String methods whose result can be far larger than their arguments: estimated before they run."""
+        if name == "replace" and len(args) >= 2:
+            self._check_replace(text, args[0], args[1])
+        elif name == "join" and args:
+            self._check_join(text, args[0])
+        elif name == "expandtabs":
+            tabsize = args[0] if args else kwargs.get("tabsize", 8)
+            if _is_int(tabsize) and len(text) + text.count("\t") * tabsize > self.output_limit:
+                raise self._too_large("expanding these tabs")
+
+    def _check_replace(self, text: str, old: Any, new: Any) -> None:
+        occurrences = text.count(str(old)) if old else len(text) + 1
+        if len(text) + occurrences * _size(new, self.output_limit) > self.output_limit:
+            raise self._too_large("this replace")
+
     def _check_join(self, separator: str, items: Any) -> None:
-        if isinstance(items, Sized) and len(separator) * len(items) > self.output_limit:
-            raise self._too_large("this join")
+        if isinstance(items, list | tuple | set | frozenset | dict | range):
+            total = len(separator) * len(items)
+            if not isinstance(items, range):
+                total += _size(list(items), self.output_limit)
+            if total > self.output_limit:
+                raise self._too_large("this join")
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
-        wrapped = super().wrap_str_format(value)
-        if wrapped is not None:
-            # A width or precision in the format string itself (`'{:>999999999}'.format(1)`) would make
-            # C allocate the whole string before any check could run.
-            for _, _, spec, _ in string.Formatter().parse(value.__self__):
-                self._check_spec_numbers(spec or "")
-        return wrapped
+        """str.format and format_map, with every field's width and precision checked as it is formatted."""
+        if not isinstance(value, types.MethodType | types.BuiltinMethodType) or value.__name__ not in (
+            "format",
+            "format_map",
+        ):
+            return None
+        owner = value.__self__
+        if not isinstance(owner, str):
+            return None
+        formatter: _LimitedFormatter
+        if isinstance(owner, Markup):
+            formatter = _LimitedEscapeFormatter(self, escape=owner.escape)
+        else:
+            formatter = _LimitedFormatter(self)
+        is_format_map = value.__name__ == "format_map"
+        result_type: type[str] = type(owner)
 
-    def _check_spec_numbers(self, spec: str) -> None:
-        number = ""
-        for ch in spec + " ":
-            if ch.isdigit():
-                number += ch
-                continue
-            if number and int(number) > self.output_limit:
-                raise self._too_large(f"a format width of {number}")
-            number = ""
+        def wrapper(*args: Any, **kwargs: Any) -> str:
+            if is_format_map:
+                if kwargs or len(args) != 1:
+                    raise TypeError("format_map() takes exactly one argument and no keyword arguments")
+                kwargs, args = args[0], ()
+            return result_type(self.checked(formatter.vformat(owner, args, kwargs)))
+
+        return functools.update_wrapper(wrapper, value)
 
     def _guard_filter(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
         """Filters are called directly, not through `call`: give them the same argument and result checks."""
@@ -253,19 +334,25 @@ class TemplateEnvironment(ImmutableSandboxedEnvironment):
         def guarded(*args: Any, **kwargs: Any) -> Any:
             limit = self.output_limit
             for value in (*args[skip:], *kwargs.values()):
-                if isinstance(value, int) and not isinstance(value, bool) and value > limit:
+                if _is_int(value) and value > limit:
                     raise self._too_large(f"{name}: an argument of {value}")
             subject = args[skip - 1] if len(args) >= skip else None
-            if name == "join" and isinstance(subject, Sized):
-                separator = args[skip] if len(args) > skip else kwargs.get("d", "")
-                self._check_join(str(separator), subject)
-            elif name == "replace" and isinstance(subject, str) and len(args) > skip + 1:
-                old, new = args[skip], args[skip + 1]
-                occurrences = subject.count(str(old)) if old else len(subject) + 1
-                if len(subject) + occurrences * _size(new) > limit:
-                    raise self._too_large("this replace")
+            given = args[skip:]
+            if name == "join":
+                self._check_join(str(given[0] if given else kwargs.get("d", "")), subject)
+            elif name == "replace" and isinstance(subject, str) and len(given) >= 2:
+                self._check_replace(subject, given[0], given[1])
             elif name == "format" and isinstance(subject, str):
-                self._check_printf_widths(subject)
+                self._check_printf(subject, tuple(given) or kwargs)
+            elif name == "indent" and isinstance(subject, str):
+                width = given[0] if given else kwargs.get("width", 4)
+                width_size = len(width) if isinstance(width, str) else width if _is_int(width) else 0
+                if len(subject) + (subject.count("\n") + 1) * width_size > limit:
+                    raise self._too_large("indenting these lines")
+            elif name == "tojson":
+                indent = given[0] if given else kwargs.get("indent", 0)
+                if _is_int(indent) and indent > _MAX_JSON_INDENT:
+                    raise self._too_large(f"tojson: an indent of {indent} (at most {_MAX_JSON_INDENT})")
             return self.checked(function(*args, **kwargs))
 
         return guarded
@@ -292,12 +379,12 @@ class TemplateEnvironment(ImmutableSandboxedEnvironment):
             raise RenderTimedOut(f"rendering took longer than the {self.time_limit:g}s time limit") from None
 
     def _collect(self, chunks: Iterator[str]) -> str:
-        # Counted a batch at a time: the cap still holds (at most one batch past it is ever held), and the
+        # Counted 16 chunks at a time: the cap still holds (at most one batch past it is ever held), and the
         # counting runs in C instead of a Python step per chunk.
         parts: list[str] = []
         total = 0
         limit = self.output_limit
-        while batch := list(itertools.islice(chunks, 512)):
+        while batch := list(itertools.islice(chunks, 16)):
             total += sum(map(len, batch))
             if total > limit:
                 raise self._too_large("the output")

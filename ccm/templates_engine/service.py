@@ -6,11 +6,13 @@ import datetime as dt
 import difflib
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
+from jinja2 import TemplateSyntaxError
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -42,6 +44,8 @@ from ccm.templates_engine.schemas import (
     VersionSummary,
     Warning,
 )
+
+log = logging.getLogger(__name__)
 
 # Derived states shown for approved versions.
 PUBLISHED = "published"
@@ -279,6 +283,11 @@ def _all_parts(body: VersionBody) -> Iterator[tuple[str, str, Parts]]:
         yield f"{locale}:", f"/locales/{locale}", parts
 
 
+def _source_error(sub: analysis.SubPart, part: str, line: int | None, message: str) -> FieldError:
+    where = f"line {line}: " if line is not None else ""
+    return FieldError("body", sub.pointer, f"{where}{message}", "template", line=line, part=part)
+
+
 def check_version(session: Session, engine: TemplateEngine, template: Template, body: VersionBody) -> Checked:
     """Everything that must hold for a version to be saved; every problem found is reported at once."""
     errors: list[FieldError] = []
@@ -302,18 +311,17 @@ def check_version(session: Session, engine: TemplateEngine, template: Template, 
                 tree = analysis.parse(engine.environment, sub.source)
                 analysis.check_safety(tree)
                 found = analysis.references(tree)
+                paths = analysis.data_paths(tree)
+                # Compiling now reports what parsing cannot (an unknown filter or test) before anything runs.
+                engine.environment.compile(sub.source)
             except analysis.TemplateProblem as problem:
-                line = problem.finding.line
-                errors.append(
-                    FieldError(
-                        "body",
-                        sub.pointer,
-                        f"line {line}: {problem.finding.message}",
-                        "template",
-                        line=line,
-                        part=part,
-                    )
-                )
+                errors.append(_source_error(sub, part, problem.finding.line, problem.finding.message))
+                continue
+            except TemplateSyntaxError as exc:
+                errors.append(_source_error(sub, part, exc.lineno, exc.message or "cannot be compiled"))
+                continue
+            except RecursionError:
+                errors.append(_source_error(sub, part, None, "expressions are nested too deeply to be read"))
                 continue
             for name, line in found:
                 if name == template.key:
@@ -342,7 +350,7 @@ def check_version(session: Session, engine: TemplateEngine, template: Template, 
                     )
                     continue
                 references.add(name)
-            for path, line in analysis.data_paths(tree):
+            for path, line in paths:
                 if analysis.undeclared(path, schema):
                     warnings.append(
                         Warning(
@@ -769,3 +777,21 @@ def make_engine(database: Database, settings: Settings) -> TemplateEngine:
         output_limit=settings.render_output_limit,
         time_limit=settings.render_time_limit,
     )
+
+
+def warm_live_versions(database: Database, engine: TemplateEngine) -> int:
+    """Compile every live version's parts, so that the first send after a start compiles nothing.
+    A version that fails to compile is logged and skipped: it will report its problem when used."""
+    warmed = 0
+    with database.read() as session:
+        for template in list_templates(session):
+            version = live_version(session, template)
+            if version is None:
+                continue
+            try:
+                engine.warm(loaded(session, template, version))
+            except Exception:  # noqa: BLE001 - start-up must not fail on one template
+                log.warning("template %s v%s did not compile", template.key, version.number)
+                continue
+            warmed += 1
+    return warmed

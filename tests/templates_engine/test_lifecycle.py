@@ -5,9 +5,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from ccm.app import create_app
 from ccm.audit.models import AuditEvent
+from ccm.config import Settings
 from ccm.db import Database
 from tests.templates_engine.conftest import Studio
 
@@ -279,3 +282,15 @@ def test_snippet_versions_are_pinned_and_usage_lists_them(studio: Studio) -> Non
         "/v1/templates/reminder/preview", json={"version": 2}, headers=studio.author
     )
     assert draft_preview.json()["parts"]["sms"]["body"] == "Hi. Footer two"
+
+
+def test_a_restarted_service_compiles_live_versions_before_the_first_send(
+    studio: Studio, settings: Settings, database: Database
+) -> None:
+    studio.create("reminder")
+    studio.live("reminder", SMS)
+    restarted = create_app(settings, database=database)
+    engine = restarted.state.engine
+    with TestClient(restarted):
+        compiled = [name for name in engine.environment.cache if "reminder@1" in str(name)]
+    assert compiled, "the live version's parts were not compiled at start-up"
