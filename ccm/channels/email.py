@@ -1,0 +1,238 @@
+"""Email: the MIME message built once per delivery, and sent over SMTP (or written as .eml files).
+
+- multipart/alternative text + HTML, the HTML's CSS inlined (mail clients drop <style>); attachments make it
+  multipart/mixed;
+- a Message-ID made once per delivery by the caller and reused on every retry, so receivers can drop repeats;
+- List-Unsubscribe and List-Unsubscribe-Post: List-Unsubscribe=One-Click (RFC 8058) on marketing mail;
+- a CR or LF in any header value is refused: it would let a value inject headers of its own.
+
+SMTP replies: 4xx and lost connections are transient, 5xx permanent. One connection per worker thread is
+reused across sends and reopened when it has dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.policy
+import email.utils
+import os
+import re
+import smtplib
+import ssl
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Protocol
+
+import css_inline
+
+from ccm.channels.base import PermanentDeliveryError, TransientDeliveryError
+from ccm.config import Settings, SmtpSecurity
+
+# Remote stylesheets are never fetched: a template must not make the server reach the network.
+_inliner = css_inline.CSSInliner(load_remote_stylesheets=False, keep_at_rules=True)
+
+
+@dataclass(frozen=True)
+class EmailAttachment:
+    filename: str
+    content_type: str  # "application/pdf"
+    content: bytes
+
+
+@dataclass(frozen=True)
+class OutgoingEmail:
+    message_id: str  # "<...@...>", made once per delivery and reused on retry
+    to_address: str
+    subject: str
+    html: str
+    text: str
+    to_name: str | None = None
+    marketing: bool = False
+    unsubscribe_url: str | None = None
+    attachments: tuple[EmailAttachment, ...] = field(default_factory=tuple)
+
+
+def make_message_id(sender: str) -> str:
+    domain = sender.rpartition("@")[2] or "localhost"
+    return email.utils.make_msgid(domain=domain)
+
+
+def _refuse_line_breaks(**headers: str | None) -> None:
+    for name, value in headers.items():
+        if value is not None and ("\r" in value or "\n" in value):
+            raise PermanentDeliveryError(f"a line break in the {name} header is refused")
+
+
+def build_mime(message: OutgoingEmail, *, sender: str) -> bytes:
+    """The message exactly as it will be sent (and stored as the delivery's artifact)."""
+    _refuse_line_breaks(
+        subject=message.subject,
+        to=message.to_address,
+        to_name=message.to_name,
+        sender=sender,
+        message_id=message.message_id,
+        unsubscribe_url=message.unsubscribe_url,
+    )
+    mime = EmailMessage(policy=email.policy.SMTP)
+    mime["From"] = sender
+    mime["To"] = email.utils.formataddr((message.to_name or "", message.to_address))
+    mime["Subject"] = message.subject
+    mime["Date"] = email.utils.formatdate(usegmt=True)
+    mime["Message-ID"] = message.message_id
+    if message.marketing:
+        if not message.unsubscribe_url:
+            raise PermanentDeliveryError("marketing email needs an unsubscribe link (RFC 8058)")
+        mime["List-Unsubscribe"] = f"<{message.unsubscribe_url}>"
+        mime["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    mime.set_content(message.text)
+    mime.add_alternative(_inliner.inline(message.html), subtype="html")
+    for attachment in message.attachments:
+        _refuse_line_breaks(attachment_filename=attachment.filename)
+        maintype, _, subtype = attachment.content_type.partition("/")
+        mime.add_attachment(
+            attachment.content, maintype=maintype, subtype=subtype, filename=attachment.filename
+        )
+    return mime.as_bytes()
+
+
+class EmailTransport(Protocol):
+    def send(self, *, sender: str, recipient: str, mime: bytes, message_id: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _reply_error(code: int, reply: bytes | str, what: str) -> TransientDeliveryError | PermanentDeliveryError:
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+    message = f"the mail server refused the {what}: {code} {text}".strip()
+    if 400 <= code < 500:
+        return TransientDeliveryError(message, provider_code=str(code))
+    return PermanentDeliveryError(message, provider_code=str(code))
+
+
+class SmtpTransport:
+    """SMTP with one connection per worker thread, reused across sends and reopened after it drops."""
+
+    def __init__(self, settings: Settings, *, timeout: float = 30) -> None:
+        if not settings.smtp_host:
+            raise ValueError("SmtpTransport needs CCM_SMTP_HOST")
+        self._host = settings.smtp_host
+        self._port = settings.smtp_port
+        self._security = settings.smtp_security
+        self._username = settings.smtp_username
+        self._password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+        self._timeout = timeout
+        self._local = threading.local()
+        self._all: list[smtplib.SMTP] = []
+        self._lock = threading.Lock()
+        self.connections_opened = 0
+
+    def _open(self) -> smtplib.SMTP:
+        context = ssl.create_default_context()
+        connection: smtplib.SMTP
+        if self._security is SmtpSecurity.ssl:
+            connection = smtplib.SMTP_SSL(self._host, self._port, timeout=self._timeout, context=context)
+        else:
+            connection = smtplib.SMTP(self._host, self._port, timeout=self._timeout)
+            if self._security is SmtpSecurity.starttls:
+                connection.starttls(context=context)
+        if self._username:
+            connection.login(self._username, self._password or "")
+        with self._lock:
+            self._all.append(connection)
+            self.connections_opened += 1
+        return connection
+
+    def _drop(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        self._local.connection = None
+        if connection is not None:
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                connection.close()
+            with self._lock, contextlib.suppress(ValueError):
+                self._all.remove(connection)
+
+    def send(self, *, sender: str, recipient: str, mime: bytes, message_id: str) -> None:
+        reused = getattr(self._local, "connection", None) is not None
+        try:
+            self._send_once(sender, recipient, mime)
+        except (smtplib.SMTPServerDisconnected, ConnectionError) as exc:
+            self._drop()
+            if not reused:
+                raise TransientDeliveryError(f"the mail server closed the connection: {exc}") from None
+            # A reused connection may simply have gone stale while idle: one fresh attempt.
+            try:
+                self._send_once(sender, recipient, mime)
+            except (smtplib.SMTPServerDisconnected, OSError) as again:
+                self._drop()
+                raise TransientDeliveryError(f"the mail server could not be reached: {again}") from None
+
+    def _send_once(self, sender: str, recipient: str, mime: bytes) -> None:
+        connection = getattr(self._local, "connection", None)
+        try:
+            if connection is None:
+                connection = self._open()
+                self._local.connection = connection
+            connection.sendmail(sender, [recipient], mime)
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, reply = exc.recipients.get(recipient, (550, b"refused"))
+            self._reset(connection)
+            raise _reply_error(code, reply, "recipient") from None
+        except smtplib.SMTPSenderRefused as exc:
+            self._reset(connection)
+            raise _reply_error(exc.smtp_code, exc.smtp_error, "sender") from None
+        except smtplib.SMTPDataError as exc:
+            self._reset(connection)
+            raise _reply_error(exc.smtp_code, exc.smtp_error, "message") from None
+        except (smtplib.SMTPServerDisconnected, ConnectionError):
+            raise
+        except smtplib.SMTPAuthenticationError as exc:
+            self._drop()
+            raise PermanentDeliveryError(
+                f"the mail server refused our credentials: {exc.smtp_code}"
+            ) from None
+        except (smtplib.SMTPException, OSError) as exc:
+            self._drop()
+            raise TransientDeliveryError(f"the mail server could not be reached: {exc}") from None
+
+    def _reset(self, connection: smtplib.SMTP | None) -> None:
+        """After a refusal the connection stays usable once its transaction is reset."""
+        if connection is None:
+            return
+        try:
+            connection.rset()
+        except (smtplib.SMTPException, OSError):
+            self._drop()
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._all = self._all, []
+        for connection in connections:
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                connection.quit()
+
+
+class EmlFileTransport:
+    """Without an SMTP relay (CCM_SMTP_HOST unset): each message is written as an .eml file to look at."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def send(self, *, sender: str, recipient: str, mime: bytes, message_id: str) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", message_id.strip("<>")) + ".eml"
+        handle, temporary = tempfile.mkstemp(dir=self.folder, prefix=".incoming-")
+        with os.fdopen(handle, "wb") as file:
+            file.write(mime)
+        os.replace(temporary, self.folder / name)
+
+    def close(self) -> None:
+        return None
+
+
+def make_transport(settings: Settings) -> EmailTransport:
+    if settings.smtp_host:
+        return SmtpTransport(settings)
+    return EmlFileTransport(settings.data_dir / "outbox" / "email")
