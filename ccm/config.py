@@ -57,6 +57,14 @@ class Settings(BaseSettings):
         default=2.0, gt=0, le=60, description="Most seconds one template part may take to render."
     )
     print_page_size: Literal["A4", "Letter"] = "A4"
+    print_max_html: int = Field(
+        default=400_000,
+        ge=1000,
+        description="Most characters of HTML one letter may have (PDFs are slow to lay out).",
+    )
+    print_time_limit: float = Field(
+        default=30.0, gt=0, le=600, description="Most seconds one letter's PDF may take."
+    )
     print_author: str = "ccm"
 
     smtp_host: str | None = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import math
 from dataclasses import dataclass
 
 import gsm0338  # noqa: F401  # registers the "gsm03.38" codec
@@ -25,13 +24,27 @@ class SmsSegments:
     segments: int
 
 
-def count_segments(text: str) -> SmsSegments:
+def _character_units(text: str) -> tuple[SmsEncoding, list[int]]:
+    """Each character's size in its encoding: GSM septets (2 for extension characters such as €), or UTF-16
+    code units (2 for characters outside the BMP, such as most emoji)."""
     try:
-        units = len(text.encode("gsm03.38"))
-        encoding = SmsEncoding.gsm7
+        sizes = [len(character.encode("gsm03.38")) for character in text]
+        return SmsEncoding.gsm7, sizes
     except UnicodeEncodeError:
-        units = len(text.encode("utf-16-le")) // 2
-        encoding = SmsEncoding.ucs2
-    single, multi = _LIMITS[encoding]
-    segments = 1 if units <= single else math.ceil(units / multi)
+        return SmsEncoding.ucs2, [len(character.encode("utf-16-le")) // 2 for character in text]
+
+
+def count_segments(text: str) -> SmsSegments:
+    encoding, sizes = _character_units(text)
+    units = sum(sizes)
+    single, per_part = _LIMITS[encoding]
+    if units <= single:
+        return SmsSegments(encoding=encoding, units=units, segments=1)
+    # Concatenated: a character is never split across two parts (an escape and its character, or the two
+    # halves of a surrogate pair, travel together), so a part may end a unit short.
+    segments, used = 1, 0
+    for size in sizes:
+        if used + size > per_part:
+            segments, used = segments + 1, 0
+        used += size
     return SmsSegments(encoding=encoding, units=units, segments=segments)

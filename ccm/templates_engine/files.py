@@ -15,6 +15,7 @@ Each file's one trailing newline is not part of the content. See templates/READM
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,26 @@ class TemplateFolder:
 
 
 def _read(path: Path) -> str:
-    text = path.read_text(encoding="utf-8")
+    # utf-8-sig drops a byte-order mark some editors add: it would otherwise make an SMS UCS-2.
+    text = path.read_text(encoding="utf-8-sig")
     return text[:-1] if text.endswith("\n") else text
+
+
+_KNOWN_FILES = {*PART_FILES.values(), BODY_FILE}
+
+
+def _check_files(folder: Path, *, top: bool) -> None:
+    """A misspelled part file (`sms.text`) must not be silently ignored."""
+    for path in folder.iterdir():
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            if not (top and path.name == "locales"):
+                raise FolderError(f"{path}: unexpected folder (translations go in locales/<locale>/)")
+            continue
+        if path.name not in _KNOWN_FILES and not (top and path.name in (METADATA_FILE, "README.md")):
+            expected = ", ".join(sorted(_KNOWN_FILES))
+            raise FolderError(f"{path}: not a file ccm knows (part files are {expected})")
 
 
 def _read_parts(folder: Path, page_size: str | None) -> dict[str, Any]:
@@ -98,6 +117,7 @@ def read_folder(folder: Path) -> TemplateFolder:
     key = str(metadata.get("key", folder.name))
     if key != folder.name:
         raise FolderError(f"{metadata_path}: key '{key}' differs from the folder name '{folder.name}'")
+    _check_files(folder, top=True)
     page_size = (metadata.get("print") or {}).get("page_size")
     try:
         template = TemplateCreate(
@@ -114,6 +134,7 @@ def read_folder(folder: Path) -> TemplateFolder:
     locales_dir = folder / "locales"
     if locales_dir.is_dir():
         for locale_dir in sorted(p for p in locales_dir.iterdir() if p.is_dir()):
+            _check_files(locale_dir, top=False)
             locales[locale_dir.name] = _read_parts(locale_dir, page_size)
     content = {
         "parts": _read_parts(folder, page_size),
@@ -185,8 +206,13 @@ def _write_parts(folder: Path, parts: dict[str, Any]) -> None:
 
 
 def write_folder(target: Path, *, template: dict[str, Any], content: dict[str, Any]) -> None:
-    """Write a template and one version's content in the folder format (what read_folder reads back)."""
+    """Write a template and one version's content in the folder format (what read_folder reads back).
+    Files ccm owns that this version lacks are removed, so that an older export leaves nothing behind."""
     target.mkdir(parents=True, exist_ok=True)
+    for name in (*_KNOWN_FILES, METADATA_FILE):
+        (target / name).unlink(missing_ok=True)
+    if (target / "locales").is_dir():
+        shutil.rmtree(target / "locales")
     metadata: dict[str, Any] = {
         "name": template["name"],
         "description": template["description"],
@@ -198,7 +224,7 @@ def write_folder(target: Path, *, template: dict[str, Any], content: dict[str, A
     if page_size:
         metadata["print"] = {"page_size": page_size}
     for name in ("schema", "sample_data", "notes"):
-        if content.get(name):
+        if name in content and (content[name] or name == "schema"):
             metadata[name] = content[name]
     _write(target / METADATA_FILE, yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True).rstrip("\n"))
     _write_parts(target, content.get("parts", {}))

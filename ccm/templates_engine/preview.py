@@ -7,6 +7,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -16,10 +17,11 @@ from ccm.channels.sms_segments import count_segments
 from ccm.config import Settings
 from ccm.customers.models import Customer
 from ccm.customers.service import customer_out, get_customer
-from ccm.errors import CCMError
+from ccm.errors import CCMError, FieldError, InvalidInput
 from ccm.templates_engine import service
 from ccm.templates_engine.models import TemplateKind, TemplateVersion
-from ccm.templates_engine.render import RenderContext, RenderedChannel, TemplateEngine
+from ccm.templates_engine.render import RenderContext, RenderedChannel, RenderProblem, TemplateEngine
+from ccm.templates_engine.sandbox import RenderLimitError, run_with_time_limit
 from ccm.templates_engine.schemas import InlineCustomer, PreviewOut, PreviewRequest
 from ccm.templates_engine.schemas import RenderProblem as RenderProblemOut
 
@@ -82,13 +84,23 @@ def channel_result(
         counted = count_segments(rendered.fields["body"])
         result.update(encoding=counted.encoding.value, characters=counted.units, segments=counted.segments)
     if rendered.channel is Channel.print and "html" in rendered.fields:
-        pdf = render_pdf(
-            rendered.fields["html"],
-            css=rendered.fields.get("css"),
-            page_size="Letter" if (page_size or settings.print_page_size) == "Letter" else "A4",
-            title=title,
-            author=settings.print_author,
-            language=rendered.locale,
+        html = rendered.fields["html"]
+        if len(html) > settings.print_max_html:
+            raise RenderFailed(
+                f"the letter's HTML has {len(html)} characters; letters may have {settings.print_max_html} "
+                "(CCM_PRINT_MAX_HTML)"
+            )
+        pdf = run_with_time_limit(
+            lambda: render_pdf(
+                html,
+                css=rendered.fields.get("css"),
+                page_size="Letter" if (page_size or settings.print_page_size) == "Letter" else "A4",
+                title=title,
+                author=settings.print_author,
+                language=rendered.locale,
+            ),
+            settings.print_time_limit,
+            "laying out the letter",
         )
         result.update(pages=pdf.pages, pdf_base64=base64.b64encode(pdf.content).decode())
     return result
@@ -110,7 +122,18 @@ def preview(
     if isinstance(request.customer, str):
         customer = customer_context(session, get_customer(session, external_id=request.customer))
     elif request.customer is not None:
-        customer = inline_customer_context(request.customer)
+        try:
+            inline = InlineCustomer.model_validate(request.customer)
+        except ValidationError as exc:
+            raise InvalidInput(
+                [
+                    FieldError(
+                        "body", "/customer" + "".join(f"/{p}" for p in e["loc"]), str(e["msg"]), e["type"]
+                    )
+                    for e in exc.errors()
+                ]
+            ) from None
+        customer = inline_customer_context(inline)
     else:
         customer = dict(SAMPLE_CUSTOMER)
     locale = request.locale or customer.get("locale") or template.default_locale
@@ -133,9 +156,15 @@ def preview(
                 css = (loaded.parts_for(loaded.locale_key(locale, "print")).get("print") or {}).get("css")
                 if css:
                     rendered.fields["css"] = css
-            parts[channel.value] = channel_result(
-                rendered, settings=settings, title=template.name, page_size=page_size
-            )
+            try:
+                parts[channel.value] = channel_result(
+                    rendered, settings=settings, title=template.name, page_size=page_size
+                )
+            except (RenderFailed, RenderLimitError) as exc:
+                problems.append(
+                    RenderProblem(part=f"{channel.value}.html", line=None, variable=None, message=str(exc))
+                )
+                continue
             parts[channel.value].pop("css", None)
     result = PreviewOut(
         template=key,
@@ -143,7 +172,7 @@ def preview(
         locale=locale,
         parts=parts,
         errors=[
-            RenderProblemOut(part=p.part, line=p.line, variable=p.variable, message=p.message)
+            RenderProblemOut(part=p.part, line=p.line, variable=p.variable, message=p.message, path=p.path)
             for p in problems
         ],
     )

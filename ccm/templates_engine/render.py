@@ -7,6 +7,7 @@ part) cache.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -82,10 +83,11 @@ def _fallbacks(locale: str | None) -> list[str]:
 
 @dataclass(frozen=True)
 class RenderProblem:
-    part: str
+    part: str  # "email.html", or "fr:email.html" for a translation
     line: int | None
     variable: str | None
     message: str
+    path: str | None = None  # JSON pointer to the source in the version body
 
 
 @dataclass
@@ -137,9 +139,8 @@ class TemplateEngine:
             time_limit=time_limit,
         )
         self.environment.add_filters(FILTERS)
-        self._text_maker = html2text.HTML2Text()
-        self._text_maker.body_width = 0
-        self._text_maker.ignore_images = True
+        # HTML2Text keeps its parsing state on the instance: one per thread, or concurrent renders mix texts.
+        self._text_makers = threading.local()
 
     # --- the version registry -----------------------------------------------------------------------------
 
@@ -157,29 +158,46 @@ class TemplateEngine:
     def _registered(self, prefix: str) -> LoadedVersion:
         with self._lock:
             version = self._versions.get(prefix)
-        if version is None:
+            if version is not None:
+                self._versions.move_to_end(prefix)
+                return version
+        # Evicted (or never seen by this process): a name says which version and which content it is, so load
+        # it again, and only if its content is still the one named.
+        key, _, rest = prefix.partition("@")
+        number, _, content_hash = rest.partition(":")
+        if not number.isdigit():
             raise KeyError(prefix)
-        return version
+        try:
+            loaded = self._load_version(key, int(number))
+        except LookupError:
+            raise KeyError(prefix) from None
+        if not loaded.content_hash.startswith(content_hash):
+            raise KeyError(prefix)  # a draft edited since this name was made
+        return self.register(loaded)
 
     def _version_by_number(self, key: str, number: int | None) -> LoadedVersion:
         if number is not None:
             with self._lock:
                 prefix = self._pinned.get((key, number))
                 if prefix is not None and prefix in self._versions:
+                    self._versions.move_to_end(prefix)
                     return self._versions[prefix]
         return self.register(self._load_version(key, number))
 
-    # --- the loader side of Jinja ---------------------------------------------------------------------
+        # --- the loader side of Jinja ---------------------------------------------------------------------
 
     def _source(self, name: str) -> str:
-        prefix, part, locale_key = name.split("/")
+        # The last segment is the locale asked for ("_": the default). Layouts and snippets get their
+        # parent's and fall back from it on their own: a French email keeps a French footer through an
+        # English layout.
+        prefix, part, wanted = name.split("/")
         version = self._registered(prefix)
-        parts = version.parts_for(locale_key)
-        if part.startswith("body."):
-            source = parts.get("body")
-        else:
-            channel, _, field_name = part.partition(".")
-            source = (parts.get(channel) or {}).get(field_name)
+        channel, _, field_name = part.partition(".")
+        content_field = "body" if channel == "body" else channel
+        parts = version.parts_for(
+            version.locale_key(None if wanted == DEFAULT_LOCALE_KEY else wanted, content_field)
+        )
+        source = parts.get("body") if channel == "body" else (parts.get(channel) or {}).get(field_name)
         if source is None:
             raise KeyError(name)
         return str(source)
@@ -205,10 +223,7 @@ class TemplateEngine:
         if child.kind is TemplateKind.communication:
             raise TemplateNotFound(key, message=f"'{key}' is a communication, not a layout or snippet")
         child_part = "body.html" if parent_part.endswith("html") else "body.txt"
-        locale_key = (
-            parent_locale if parent_locale in child.content.get("locales", {}) else DEFAULT_LOCALE_KEY
-        )
-        resolved = f"{child.prefix}/{child_part}/{locale_key}"
+        resolved = f"{child.prefix}/{child_part}/{parent_locale}"
         if parent_version.pins is not None:
             # A submitted version's pins never change, so neither does what its includes resolve to.
             # (A draft's includes follow the live versions, so they are resolved each time.)
@@ -246,7 +261,14 @@ class TemplateEngine:
             try:
                 text = self.environment.render(name, variables)
             except Exception as exc:  # noqa: BLE001 - every failure of a user's template becomes a problem report
-                result.problems.append(self._problem(exc, f"{channel.value}.{field_name}", name))
+                label = f"{channel.value}.{field_name}"
+                where = "/parts"
+                if locale_key != DEFAULT_LOCALE_KEY:
+                    label, where = f"{locale_key}:{label}", f"/locales/{locale_key}"
+                problem = self._problem(exc, label, name)
+                result.problems.append(
+                    dataclasses.replace(problem, path=f"{where}/{channel.value}/{field_name}")
+                )
                 continue
             if field_name in SINGLE_LINE_FIELDS:
                 text = " ".join(text.split())
@@ -256,8 +278,17 @@ class TemplateEngine:
                 text = text.translate(_SMS_SPACES)
             result.fields[field_name] = text
         if channel is Channel.email and "html" in result.fields and "text" not in source:
-            result.fields["text"] = self._text_maker.handle(result.fields["html"]).strip() + "\n"
+            result.fields["text"] = self._plain_text(result.fields["html"])
         return result
+
+    def _plain_text(self, html: str) -> str:
+        maker = getattr(self._text_makers, "maker", None)
+        if maker is None:
+            maker = html2text.HTML2Text()
+            maker.body_width = 0
+            maker.ignore_images = True
+            self._text_makers.maker = maker
+        return str(maker.handle(html)).strip() + "\n"
 
     def _variables(self, version: LoadedVersion, locale_key: str, context: RenderContext) -> dict[str, Any]:
         variables = context.variables()
@@ -270,6 +301,7 @@ class TemplateEngine:
         self, version: LoadedVersion, channel: Channel, field_name: str, context: RenderContext
     ) -> str:
         """One field of one channel, raw: the render path itself, without render_channel's reporting."""
+        self.register(version)
         locale_key = version.locale_key(context.locale, channel.value)
         name = self.engine_name(version, channel, field_name, locale_key)
         return self.environment.render(name, self._variables(version, locale_key, context))
@@ -283,9 +315,16 @@ class TemplateEngine:
             for channel in Channel:
                 for field_name in CHANNEL_FIELDS[channel]:
                     if (parts.get(channel.value) or {}).get(field_name) is not None:
-                        self.environment.get_template(
-                            self.engine_name(version, channel, field_name, locale_key)
-                        )
+                        self._warm_name(self.engine_name(version, channel, field_name, locale_key), set())
+
+    def _warm_name(self, name: str, seen: set[str]) -> None:
+        """Compile a template and, through its includes, every layout and snippet it renders with."""
+        if name in seen:
+            return
+        seen.add(name)
+        self.environment.get_template(name)
+        for reference, _ in analysis.references(self.environment.parse(self._source(name))):
+            self._warm_name(self._resolve_include(reference, name), seen)
 
     def _problem(self, exc: Exception, part: str, name: str) -> RenderProblem:
         location = analysis.error_location(exc, {name})

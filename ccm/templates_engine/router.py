@@ -15,7 +15,6 @@ from ccm.templates_engine import service
 from ccm.templates_engine.render import TemplateEngine
 from ccm.templates_engine.schemas import (
     KEY_PATTERN,
-    NewVersion,
     PartDiff,
     PreviewOut,
     PreviewRequest,
@@ -81,7 +80,17 @@ def update_template(key: Key, body: TemplateUpdate, database: DatabaseDep, princ
 
 @router.post("/v1/templates/{key}/versions", status_code=status.HTTP_201_CREATED, response_model=VersionOut)
 def create_version(
-    key: Key, body: NewVersion, database: DatabaseDep, engine: EngineDep, principal: Author
+    key: Key,
+    database: DatabaseDep,
+    engine: EngineDep,
+    principal: Author,
+    body: Annotated[
+        dict[str, Any],
+        Body(
+            description="A version body ({parts, locales, schema, sample_data, notes}), or `copy_from` "
+            "(a version number) with the fields to change, merged in as in PATCH."
+        ),
+    ],
 ) -> VersionOut:
     """A new draft: empty, with the content given, or copied from `copy_from` with the fields given on top."""
     with database.transaction() as session:

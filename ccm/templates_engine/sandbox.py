@@ -25,7 +25,7 @@ import threading
 import time
 import types
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from jinja2 import BaseLoader, StrictUndefined, Template, TemplateNotFound, nodes
 from jinja2.compiler import CodeGenerator, Frame
@@ -35,6 +35,7 @@ from markupsafe import EscapeFormatter, Markup
 
 # A template names another template in its source by key; the engine turns that into a full name
 # "<key>@<number>:<hash>/<part>/<locale>" through TemplateEnvironment.join_path.
+T = TypeVar("T")
 SourceLookup = Callable[[str], str]
 IncludeResolver = Callable[[str, str], str]
 
@@ -390,6 +391,18 @@ class TemplateEnvironment(ImmutableSandboxedEnvironment):
                 raise self._too_large("the output")
             parts.extend(batch)
         return "".join(parts)
+
+
+def run_with_time_limit(function: Callable[[], T], seconds: float, what: str) -> T:
+    """Run `function` in this thread, interrupted by the watchdog after `seconds` (RenderTimedOut)."""
+    token = _watchdog.arm(seconds)
+    try:
+        try:
+            return function()
+        finally:
+            _watchdog.disarm(token)
+    except _Interrupt:
+        raise RenderTimedOut(f"{what} took longer than the {seconds:g}s time limit") from None
 
 
 def _is_html_part(name: str | None) -> bool:

@@ -73,10 +73,6 @@ class VersionBody(InputModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-class NewVersion(VersionBody):
-    copy_from: int | None = Field(default=None, ge=1, description="Start from this version's content.")
-
-
 class TemplateCreate(InputModel):
     key: TemplateKey
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
@@ -181,7 +177,7 @@ class PreviewRequest(InputModel):
     version: int | None = Field(default=None, ge=1, description="Default: the live version, else the newest.")
     locale: str | None = None
     data: dict[str, Any] | None = Field(default=None, description="Default: the version's sample data.")
-    customer: str | InlineCustomer | None = Field(
+    customer: str | dict[str, Any] | None = Field(
         default=None, description="An external_id, or an inline profile; default: a sample customer."
     )
 
@@ -196,6 +192,7 @@ class RenderProblem(BaseModel):
     line: int | None
     variable: str | None
     message: str
+    path: str | None = None
 
 
 class PreviewOut(BaseModel):

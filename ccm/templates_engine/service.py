@@ -14,7 +14,10 @@ from typing import Any
 import jsonschema
 from jinja2 import TemplateSyntaxError
 from pydantic import ValidationError
+from referencing import Registry, Resource
+from referencing.exceptions import NoSuchResource, Unresolvable
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ccm import audit
@@ -34,7 +37,6 @@ from ccm.templates_engine.models import (
 )
 from ccm.templates_engine.render import LoadedVersion, TemplateEngine
 from ccm.templates_engine.schemas import (
-    NewVersion,
     Parts,
     TemplateCreate,
     TemplateOut,
@@ -86,8 +88,11 @@ def create_template(session: Session, *, body: TemplateCreate, actor: str) -> Te
         created_by=actor,
         updated_at=now,
     )
-    session.add(template)
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add(template)
+    except IntegrityError:
+        raise Conflict(f"a template with key '{body.key}' exists already") from None
     audit.append(
         session,
         actor=actor,
@@ -108,6 +113,13 @@ def update_template(session: Session, *, key: str, body: TemplateUpdate, actor: 
     }
     if not changes:
         return template
+    if "category" in changes and _publications(session, template):
+        # The category decides the consent rules a message is sent under; once a version went out under one,
+        # changing it would change what was approved without a review.
+        raise VersionStateConflict(
+            f"'{key}' has been published as {template.category.value}: its category can no longer change; "
+            "create a new template instead"
+        )
     for name, value in changes.items():
         setattr(template, name, value)
     template.updated_at = utcnow()
@@ -129,13 +141,14 @@ def list_templates(session: Session) -> list[Template]:
 def live_version(
     session: Session, template: Template, at: dt.datetime | None = None
 ) -> TemplateVersion | None:
-    """The version in force at `at` (default now): the publication with the latest effective_from <= at."""
+    """The version in force at `at` (default now): of the publications in effect by then, the last decided.
+    A later decision wins over an earlier one, so publishing now (a rollback) overrides a pending schedule."""
     moment = at or utcnow()
     return session.scalars(
         select(TemplateVersion)
         .join(TemplatePublication, TemplatePublication.version_id == TemplateVersion.id)
         .where(TemplatePublication.template_id == template.id, TemplatePublication.effective_from <= moment)
-        .order_by(TemplatePublication.effective_from.desc(), TemplatePublication.id.desc())
+        .order_by(TemplatePublication.id.desc())
         .limit(1)
     ).first()
 
@@ -189,7 +202,7 @@ def _publications(session: Session, template: Template) -> list[TemplatePublicat
         session.scalars(
             select(TemplatePublication)
             .where(TemplatePublication.template_id == template.id)
-            .order_by(TemplatePublication.effective_from, TemplatePublication.id)
+            .order_by(TemplatePublication.id)
         )
     )
 
@@ -203,15 +216,22 @@ class _Shown:
 def _shown_states(session: Session, template: Template) -> dict[int, _Shown]:
     """Version id -> the state shown to users (approved versions become published, scheduled or retired)."""
     now = utcnow()
-    live = live_version(session, template, now)
+    publications = _publications(session, template)
+    in_effect = [p for p in publications if p.effective_from <= now]
+    live = in_effect[-1] if in_effect else None
     shown: dict[int, _Shown] = {}
-    for publication in _publications(session, template):
-        if publication.effective_from > now:
-            shown.setdefault(publication.version_id, _Shown(SCHEDULED, publication.effective_from))
-        elif live is not None and publication.version_id == live.id:
-            shown[publication.version_id] = _Shown(PUBLISHED, publication.effective_from)
-        elif publication.version_id not in shown:
-            shown[publication.version_id] = _Shown(RETIRED, publication.effective_from)
+    for publication in in_effect:
+        shown[publication.version_id] = _Shown(RETIRED, publication.effective_from)
+    for publication in publications:
+        # Pending only while no later decision takes effect at or before its time (which would override it).
+        overridden = any(
+            later.id > publication.id and later.effective_from <= publication.effective_from
+            for later in publications
+        )
+        if publication.effective_from > now and not overridden:
+            shown[publication.version_id] = _Shown(SCHEDULED, publication.effective_from)
+    if live is not None:
+        shown[live.version_id] = _Shown(PUBLISHED, live.effective_from)
     return shown
 
 
@@ -362,31 +382,84 @@ def check_version(session: Session, engine: TemplateEngine, template: Template, 
                     )
 
     if schema is not None:
-        try:
-            jsonschema.Draft202012Validator.check_schema(schema)
-        except jsonschema.SchemaError as exc:
-            where = "".join(f"/{p}" for p in exc.absolute_path)
-            errors.append(FieldError("body", f"/schema{where}", f"not a valid JSON Schema: {exc.message}"))
+        schema_problem = schema_error(schema)
+        if schema_problem is not None:
+            errors.append(schema_problem)
         else:
-            validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
-            for error in sorted(validator.iter_errors(body.sample_data), key=lambda e: list(e.absolute_path)):
-                where = "".join(f"/{p}" for p in error.absolute_path)
-                errors.append(FieldError("body", f"/sample_data{where}", error.message, "schema"))
+            for error in data_errors(schema, body.sample_data, pointer="/sample_data"):
+                errors.append(error)
 
     if errors:
         raise InvalidInput(errors)
     return Checked(body=body, references=references, warnings=warnings)
 
 
+def _refuse_retrieval(uri: str) -> Resource[Any]:
+    raise NoSuchResource(uri)
+
+
+# No $ref may leave the schema itself: jsonschema would otherwise fetch http: and file: URLs, so an
+# author could read the server's files into error messages or make the server call any address.
+# (attrs makes `retrieve` an __init__ argument, which the type stubs do not show.)
+_NO_REMOTE_REFERENCES: Registry[Any] = Registry(retrieve=_refuse_retrieval)  # type: ignore[call-arg]
+
+
+def _local_references_only(schema: Any, path: str = "/schema") -> FieldError | None:
+    if isinstance(schema, dict):
+        for keyword in ("$ref", "$dynamicRef"):
+            reference = schema.get(keyword)
+            if isinstance(reference, str) and not reference.startswith("#"):
+                return FieldError(
+                    "body", f"{path}/{keyword}", "a schema may only refer to itself (#/...)", "schema"
+                )
+        for name, value in schema.items():
+            found = _local_references_only(value, f"{path}/{name}")
+            if found:
+                return found
+    elif isinstance(schema, list):
+        for index, value in enumerate(schema):
+            found = _local_references_only(value, f"{path}/{index}")
+            if found:
+                return found
+    return None
+
+
+def schema_error(schema: dict[str, Any]) -> FieldError | None:
+    """What is wrong with a version's JSON Schema, if anything."""
+    remote = _local_references_only(schema)
+    if remote is not None:
+        return remote
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = "".join(f"/{p}" for p in exc.absolute_path)
+        return FieldError("body", f"/schema{where}", f"not a valid JSON Schema: {exc.message}")
+    return None
+
+
+def data_errors(schema: dict[str, Any], data: dict[str, Any], *, pointer: str) -> list[FieldError]:
+    validator = jsonschema.Draft202012Validator(
+        schema, format_checker=jsonschema.FormatChecker(), registry=_NO_REMOTE_REFERENCES
+    )
+    try:
+        found = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    except (Unresolvable, NoSuchResource) as exc:
+        return [
+            FieldError(
+                "body", "/schema", f"the schema refers to something it does not define: {exc}", "schema"
+            )
+        ]
+    return [
+        FieldError("body", pointer + "".join(f"/{p}" for p in error.absolute_path), error.message, "schema")
+        for error in found
+    ]
+
+
 def validate_data(schema: dict[str, Any] | None, data: dict[str, Any], *, pointer: str = "/data") -> None:
     """A trigger's or preview's data against the version's schema: 422 with each field's path."""
     if schema is None:
         return
-    validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
-    errors = [
-        FieldError("body", pointer + "".join(f"/{p}" for p in error.absolute_path), error.message, "schema")
-        for error in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
-    ]
+    errors = data_errors(schema, data, pointer=pointer)
     if errors:
         raise InvalidInput(errors)
 
@@ -420,16 +493,22 @@ def _set_dependencies(session: Session, version: TemplateVersion, references: se
 
 
 def create_version(
-    session: Session, engine: TemplateEngine, *, key: str, body: NewVersion, actor: str
+    session: Session, engine: TemplateEngine, *, key: str, body: dict[str, Any], actor: str
 ) -> tuple[TemplateVersion, list[Warning]]:
+    """A new draft from `body` (a version body), or from version `copy_from` with `body`'s fields merged in
+    (as a merge patch, so a part may be given in part). Whoever wrote the copied version stays among its
+    contributors: copying a version does not make it someone else's work to approve."""
     template = get_template(session, key=key, for_update=True)
-    content = body.stored()
-    content.pop("copy_from", None)
-    if body.copy_from is not None:
-        source = get_version(session, template=template, number=body.copy_from)
-        given = body.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude={"copy_from"})
-        content = merge_patch(source.content, given)
-    checked = check_version(session, engine, template, _body_from(content))
+    given = dict(body)
+    copy_from = given.pop("copy_from", None)
+    contributors: list[str] = []
+    if copy_from is not None:
+        if not isinstance(copy_from, int) or isinstance(copy_from, bool) or copy_from < 1:
+            raise InvalidInput([FieldError("body", "/copy_from", "a version number (1 or more)")])
+        source = get_version(session, template=template, number=copy_from)
+        given = merge_patch(source.content, given)
+        contributors = [name for name in (source.author, *source.contributors) if name != actor]
+    checked = check_version(session, engine, template, _body_from(given))
     number = (
         session.scalar(
             select(func.max(TemplateVersion.number)).where(TemplateVersion.template_id == template.id)
@@ -445,8 +524,8 @@ def create_version(
         content=stored,
         content_hash=content_hash(stored),
         author=actor,
-        contributors=[],
-        copied_from=body.copy_from,
+        contributors=list(dict.fromkeys(contributors)),
+        copied_from=copy_from,
         created_at=now,
         updated_at=now,
     )
@@ -459,7 +538,7 @@ def create_version(
         action="template.version_created",
         subject_type="template",
         subject_id=key,
-        payload={"version": number, "content_hash": version.content_hash, "copied_from": body.copy_from},
+        payload={"version": number, "content_hash": version.content_hash, "copied_from": copy_from},
     )
     return version, checked.warnings
 

@@ -18,7 +18,7 @@ from ccm.templates_engine.models import (
     VersionStatus,
 )
 from ccm.templates_engine.render import TemplateEngine
-from ccm.templates_engine.schemas import NewVersion, TemplateUpdate
+from ccm.templates_engine.schemas import TemplateUpdate
 
 
 class SyncFailed(CCMError):
@@ -65,6 +65,13 @@ def sync(database: Database, engine: TemplateEngine, root: Path, *, actor: str) 
                 service.create_template(session, body=folder.template, actor=actor)
                 report.created.append(key)
                 continue
+            if existing.default_locale != folder.template.default_locale:
+                where = folder.path / files.METADATA_FILE
+                problems.append(
+                    f"{where}: default_locale is {existing.default_locale} in ccm; versions depend on it, "
+                    "so it cannot change"
+                )
+                continue
             if existing.kind is not folder.template.kind:
                 where = folder.path / files.METADATA_FILE
                 problems.append(f"{where}: kind is {existing.kind.value} in ccm, and a kind cannot change")
@@ -87,9 +94,7 @@ def sync(database: Database, engine: TemplateEngine, root: Path, *, actor: str) 
                 report.unchanged.append(key)
                 continue
             try:
-                version, _ = service.create_version(
-                    session, engine, key=key, body=NewVersion.model_validate(stored), actor=actor
-                )
+                version, _ = service.create_version(session, engine, key=key, body=stored, actor=actor)
             except InvalidInput as exc:
                 problems.extend(files.describe_invalid(folder.path, exc))
                 continue
@@ -102,8 +107,10 @@ def sync(database: Database, engine: TemplateEngine, root: Path, *, actor: str) 
 def publish_all(
     database: Database, engine: TemplateEngine, keys: list[str], *, author: str, approver: str
 ) -> list[tuple[str, int]]:
-    """Take each template's newest version through review to live (the demo's two people: author, approver).
-    A template goes after every layout and snippet it uses, since submitting pins their live versions."""
+    """For the demo only: take each template that has nothing live through review to live, as two demo people
+    (author, approver), and only a newest version that the demo author itself wrote. So it never publishes
+    anyone else's work, and never undoes a publication or rollback made since. A template goes after every
+    layout and snippet it uses, since submitting pins their live versions."""
     published = []
     for key in _dependency_order(database, keys):
         with database.transaction() as session:
@@ -111,8 +118,7 @@ def publish_all(
             latest = _latest(session, template)
             if latest is None:
                 continue
-            live = service.live_version(session, template)
-            if live is not None and live.id == latest.id:
+            if service.live_version(session, template) is not None or latest.author != author:
                 continue
             number = latest.number
             if latest.status is VersionStatus.draft:

@@ -56,7 +56,7 @@ def test_the_author_cannot_approve_their_own_version(studio: Studio) -> None:
     studio.create("reminder")
     studio.draft("reminder", SMS)
     studio.act("reminder", 1, "submit", studio.author)
-    # The approver role is needed, and even an admin who wrote it may not approve it.
+    # An author key lacks the approver role (the four-eyes rule itself is tested with an admin below).
     assert studio.act("reminder", 1, "approve", studio.author).status_code == 403
     own = studio.client.post("/v1/templates", json={"key": "own", "name": "own"}, headers=studio.approver)
     assert own.status_code == 403  # approvers do not author
@@ -294,3 +294,86 @@ def test_a_restarted_service_compiles_live_versions_before_the_first_send(
     with TestClient(restarted):
         compiled = [name for name in engine.environment.cache if "reminder@1" in str(name)]
     assert compiled, "the live version's parts were not compiled at start-up"
+
+
+def test_copying_a_version_does_not_make_it_the_copiers_to_approve(
+    studio: Studio, admin: dict[str, str]
+) -> None:
+    studio.client.post("/v1/templates", json={"key": "mine", "name": "mine"}, headers=admin)
+    studio.client.post("/v1/templates/mine/versions", json=SMS, headers=admin)  # written by the admin
+    copied = studio.client.post(
+        "/v1/templates/mine/versions", json={"copy_from": 1}, headers=studio.author
+    ).json()
+    assert copied["contributors"] == ["key:bootstrap-admin"]
+    studio.act("mine", 2, "submit", studio.author)
+    assert studio.act("mine", 2, "approve", admin).status_code == 403
+
+
+def test_copy_from_takes_a_part_given_in_part(studio: Studio) -> None:
+    studio.create("reminder")
+    studio.draft("reminder", {"parts": {"email": {"subject": "Old", "html": "<p>{{ customer.name }}</p>"}}})
+    response = studio.client.post(
+        "/v1/templates/reminder/versions",
+        json={"copy_from": 1, "parts": {"email": {"subject": "New"}}},
+        headers=studio.author,
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["content"]["parts"]["email"] == {
+        "subject": "New",
+        "html": "<p>{{ customer.name }}</p>",
+    }
+
+
+def test_publishing_now_overrides_a_pending_schedule(studio: Studio) -> None:
+    studio.create("reminder")
+    studio.live("reminder", SMS)
+    for note in ("scheduled", "urgent"):
+        number = studio.draft("reminder", SMS | {"notes": note})["number"]
+        studio.act("reminder", number, "submit", studio.author)
+        studio.act("reminder", number, "approve", studio.approver)
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    assert (
+        studio.act("reminder", 2, "publish", studio.approver, {"effective_from": later}).json()["status"]
+        == "scheduled"
+    )
+    studio.act("reminder", 3, "publish", studio.approver)
+    # The later decision wins: version 2's schedule will not take effect, and says so.
+    assert [status_of(studio, "reminder", n) for n in (1, 2, 3)] == ["retired", "approved", "published"]
+
+
+def test_a_published_templates_category_cannot_change(studio: Studio) -> None:
+    studio.create("offer", category="marketing")
+    assert (
+        studio.client.patch(
+            "/v1/templates/offer", json={"category": "service"}, headers=studio.author
+        ).status_code
+        == 200
+    )
+    studio.client.patch("/v1/templates/offer", json={"category": "marketing"}, headers=studio.author)
+    studio.live("offer", SMS)
+    refused = studio.client.patch("/v1/templates/offer", json={"category": "service"}, headers=studio.author)
+    assert refused.status_code == 409
+    assert studio.client.get("/v1/templates/offer", headers=studio.author).json()["category"] == "marketing"
+
+
+def test_the_demo_publishes_only_its_own_work(studio: Studio, database: Database) -> None:
+    from ccm.templates_engine.service import make_engine
+    from ccm.templates_engine.sync import publish_all
+
+    engine = make_engine(database, studio.client.app.state.settings)  # type: ignore[attr-defined]
+    studio.create("reminder")
+    studio.draft("reminder", SMS)  # a real person's draft
+    assert publish_all(database, engine, ["reminder"], author="demo:author", approver="demo:approver") == []
+    assert status_of(studio, "reminder", 1) == "draft"
+
+
+def test_racing_creates_of_one_template_are_one_201_and_409s(studio: Studio) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def create(_: int) -> int:
+        body = {"key": "raced", "name": "raced"}
+        return int(studio.client.post("/v1/templates", json=body, headers=studio.author).status_code)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = sorted(pool.map(create, range(8)))
+    assert statuses == [201] + [409] * 7

@@ -48,6 +48,7 @@ def test_a_missing_variable_names_variable_part_and_line(studio: Studio) -> None
             "line": 3,
             "variable": "data.account.balance",
             "message": "data.account.balance is not defined",
+            "path": "/parts/email/html",
         }
     ]
     # The other parts still rendered, each on its own.
@@ -215,3 +216,43 @@ def test_the_statement_runs_over_several_pages(starter: TestClient, admin: dict[
     assert text.count("Description") >= part["pages"] - 1
     assert "Amelia Hartley" in text
     assert "£8,624.57" in text  # the closing balance of the sample data
+
+
+def test_letters_have_their_own_size_and_time_limits(
+    studio: Studio, settings: Any, database: Database, admin: dict[str, str]
+) -> None:
+    from ccm.app import create_app
+
+    studio.create("letter_test")
+    studio.draft(
+        "letter_test",
+        {
+            "parts": {
+                "print": {"html": "<p>{{ 'word ' * 5000 }}</p>"},
+                "sms": {"body": "Hi {{ customer.name }}"},
+            }
+        },
+    )
+    small = create_app(settings.model_copy(update={"print_max_html": 10_000}), database=database)
+    with TestClient(small) as client:
+        problem = client.post("/v1/templates/letter_test/preview", json={}, headers=admin).json()
+    assert [e["part"] for e in problem["errors"]] == ["print.html"]
+    assert "CCM_PRINT_MAX_HTML" in problem["errors"][0]["message"]
+    assert problem["parts"]["sms"]["body"] == "Hi Alex Sample"  # the other parts still rendered
+
+    slow = create_app(settings.model_copy(update={"print_time_limit": 0.05}), database=database)
+    with TestClient(slow) as client:
+        problem = client.post("/v1/templates/letter_test/preview", json={}, headers=admin).json()
+    assert "time limit" in problem["errors"][0]["message"]
+
+
+def test_an_inline_customers_errors_name_their_fields(studio: Studio) -> None:
+    studio.create("reminder")
+    studio.draft("reminder", {"parts": {"sms": {"body": "Hi {{ customer.name }}"}}})
+    response = studio.client.post(
+        "/v1/templates/reminder/preview",
+        json={"customer": {"name": "Ann", "email": "nope"}},
+        headers=studio.author,
+    )
+    assert response.status_code == 422
+    assert [e["path"] for e in response.json()["errors"]] == ["/customer/email"]

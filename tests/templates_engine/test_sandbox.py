@@ -222,8 +222,9 @@ def render_error(response: Any, part: str = "sms.body") -> dict[str, Any]:
     """The single render problem of `part` in a 422 render-error answer."""
     body = problem(response, RENDER_ERROR)
     [error] = body["errors"]
-    assert set(error) == {"part", "line", "variable", "message"}, error
+    assert set(error) == {"part", "line", "variable", "message", "path"}, error
     assert error["part"] == part
+    assert error["path"] == "/parts/" + part.replace(".", "/")
     assert isinstance(error["message"], str)
     assert error["message"]
     assert part.split(".")[0] not in body["parts"], "a part that failed must not be shown as rendered"

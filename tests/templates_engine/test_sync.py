@@ -78,3 +78,47 @@ def test_a_bad_template_yaml_is_named(database: Database, starter_copy: Path) ->
     result = ccm(database, "templates", "sync", str(starter_copy))
     assert result.exit_code == 1
     assert "welcome/template.yaml: not valid YAML" in result.output
+
+
+def test_a_misspelled_part_file_is_named(database: Database, starter_copy: Path) -> None:
+    (starter_copy / "payment_reminder" / "sms.text").write_text("Hello")
+    result = ccm(database, "templates", "sync", str(starter_copy))
+    assert result.exit_code == 1
+    assert "sms.text: not a file ccm knows" in result.output
+
+
+def test_a_byte_order_mark_is_not_content(database: Database, starter_copy: Path) -> None:
+    sms = starter_copy / "one_time_passcode" / "sms.txt"
+    sms.write_bytes(b"\xef\xbb\xbf" + sms.read_bytes())
+    assert ccm(database, "templates", "sync", str(starter_copy)).exit_code == 0
+    with database.read() as session:
+        from ccm.templates_engine import service
+
+        template = service.get_template(session, key="one_time_passcode")
+        body = service.get_version(session, template=template, number=1).content["parts"]["sms"]["body"]
+    assert not body.startswith("\ufeff")
+
+
+def test_export_removes_files_the_version_does_not_have(
+    database: Database, starter_copy: Path, tmp_path: Path
+) -> None:
+    ccm(database, "templates", "sync", str(starter_copy))
+    exported = tmp_path / "exported"
+    ccm(database, "templates", "export", "payment_reminder", str(exported))
+    (exported / "payment_reminder" / "email.txt").write_text("stale text from an older export")
+    ccm(database, "templates", "export", "payment_reminder", str(exported))
+    assert not (exported / "payment_reminder" / "email.txt").exists()
+    again = ccm(database, "templates", "sync", str(exported))
+    assert "0 new draft(s), 1 template(s) unchanged" in again.output
+
+
+def test_every_starter_template_round_trips(database: Database, starter_copy: Path, tmp_path: Path) -> None:
+    ccm(database, "templates", "sync", str(starter_copy))
+    exported = tmp_path / "all"
+    keys = [p.name for p in starter_copy.iterdir() if p.is_dir()]
+    for key in keys:
+        assert ccm(database, "templates", "export", key, str(exported)).exit_code == 0
+    assert (
+        f"0 new draft(s), {len(keys)} template(s) unchanged"
+        in ccm(database, "templates", "sync", str(exported)).output
+    )

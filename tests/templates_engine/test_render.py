@@ -1,0 +1,171 @@
+"""The render engine under load and over time: threads, evicted versions, includes, languages, schemas."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ccm.channels import Channel
+from ccm.templates_engine.models import TemplateKind
+from ccm.templates_engine.render import LoadedVersion, RenderContext, TemplateEngine
+from tests.templates_engine.conftest import Studio
+
+
+def version(
+    key: str,
+    content: dict[str, Any],
+    *,
+    number: int = 1,
+    kind: TemplateKind = TemplateKind.communication,
+    pins: dict[str, int] | None = None,
+) -> LoadedVersion:
+    return LoadedVersion(
+        key=key,
+        number=number,
+        kind=kind,
+        default_locale="en-GB",
+        content=content,
+        content_hash=f"{abs(hash((key, number, str(content)))):016x}",
+        pins=pins,
+    )
+
+
+def context(name: str, locale: str = "en-GB") -> RenderContext:
+    return RenderContext(customer={"name": name}, data={}, message={}, locale=locale, timezone="UTC")
+
+
+def test_concurrent_emails_never_mix_their_texts() -> None:
+    engine = TemplateEngine(
+        load_version=lambda k, n: (_ for _ in ()).throw(LookupError(k)), output_limit=10**6, time_limit=5
+    )
+    versions = [
+        version(
+            f"t{i}",
+            {
+                "parts": {
+                    "email": {"subject": "s", "html": "<p>Dear {{ customer.name }},</p>" + "<p>line</p>" * 50}
+                }
+            },
+        )
+        for i in range(8)
+    ]
+
+    def render(n: int) -> tuple[int, str]:
+        result = engine.render_channel(versions[n % 8], Channel.email, context(f"Customer {n}"))
+        assert not result.problems, result.problems
+        return n, result.fields["text"]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for n, text in pool.map(render, range(400)):
+            assert text.startswith(f"Dear Customer {n},"), (n, text[:40])
+
+
+def test_an_evicted_version_is_loaded_again_by_its_name() -> None:
+    footer = version("footer", {"parts": {"body": "Footer one"}}, kind=TemplateKind.snippet)
+    loads: list[tuple[str, int | None]] = []
+
+    def load(key: str, number: int | None) -> LoadedVersion:
+        loads.append((key, number))
+        if key == "footer":
+            return footer
+        raise LookupError(key)
+
+    engine = TemplateEngine(load_version=load, output_limit=10**6, time_limit=5, max_versions=3)
+    letter = version("letter", {"parts": {"sms": {"body": "Hi. {% include 'footer' %}"}}}, pins={"footer": 1})
+    assert engine.render_channel(letter, Channel.sms, context("Ann")).fields["body"] == "Hi. Footer one"
+    for n in range(10):  # push both out of the engine's registry
+        engine.render_channel(
+            version(f"other{n}", {"parts": {"sms": {"body": "x"}}}), Channel.sms, context("Ann")
+        )
+    engine.environment.cache.clear()
+    engine.environment._compiled.clear()  # as if Jinja's LRU had dropped them too
+    again = engine.render_channel(letter, Channel.sms, context("Ann"))
+    assert again.problems == []
+    assert again.fields["body"] == "Hi. Footer one"
+    assert loads.count(("footer", 1)) >= 2
+
+
+def test_layouts_and_snippets_are_compiled_with_the_template(studio: Studio) -> None:
+    studio.create("footer", kind="snippet")
+    studio.live("footer", {"parts": {"body": "Footer"}})
+    studio.create("reminder")
+    studio.live("reminder", {"parts": {"sms": {"body": "Hi. {% include 'footer' %}"}}})
+    engine: TemplateEngine = studio.client.app.state.engine  # type: ignore[attr-defined]
+    names = [str(key[1]) for key in engine.environment.cache]
+    assert any(name.startswith("footer@1") for name in names), names
+
+
+def test_a_translation_keeps_its_language_through_an_untranslated_layout(
+    studio: Studio, admin: dict[str, str]
+) -> None:
+    studio.create("footer", kind="snippet")
+    studio.live(
+        "footer",
+        {"parts": {"body": "Regulated in England"}, "locales": {"fr": {"body": "Réglementée en Angleterre"}}},
+    )
+    studio.create("frame", kind="layout")
+    studio.live("frame", {"parts": {"body": "{% block content %}{% endblock %} | {% include 'footer' %}"}})
+    studio.create("welcome")
+    studio.live(
+        "welcome",
+        {
+            "parts": {
+                "email": {
+                    "subject": "Welcome",
+                    "html": "{% extends 'frame' %}{% block content %}Hello{% endblock %}",
+                }
+            },
+            "locales": {
+                "fr": {
+                    "email": {
+                        "subject": "Bienvenue",
+                        "html": "{% extends 'frame' %}{% block content %}Bonjour{% endblock %}",
+                    }
+                }
+            },
+        },
+    )
+    french = studio.client.post(
+        "/v1/templates/welcome/preview", json={"locale": "fr-CA"}, headers=admin
+    ).json()
+    assert french["parts"]["email"]["html"] == "Bonjour | Réglementée en Angleterre"
+    english = studio.client.post(
+        "/v1/templates/welcome/preview", json={"locale": "de-DE"}, headers=admin
+    ).json()
+    assert english["parts"]["email"]["html"] == "Hello | Regulated in England"
+
+
+def test_a_translations_problem_names_its_locale_and_path(studio: Studio) -> None:
+    studio.create("reminder")
+    studio.draft(
+        "reminder",
+        {"parts": {"sms": {"body": "ok"}}, "locales": {"fr": {"sms": {"body": "{{ data.nope }}"}}}},
+    )
+    problem = studio.client.post(
+        "/v1/templates/reminder/preview", json={"locale": "fr"}, headers=studio.author
+    ).json()
+    [error] = problem["errors"]
+    assert (error["part"], error["path"], error["variable"]) == (
+        "fr:sms.body",
+        "/locales/fr/sms/body",
+        "data.nope",
+    )
+
+
+def test_a_schema_cannot_reach_files_or_the_network(studio: Studio, tmp_path: Any) -> None:
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"const": "s3cr3t-from-the-server"}')
+    studio.create("reminder")
+    for reference in (f"file://{secret}", "http://127.0.0.1:9/schema.json"):
+        body = {"parts": {"sms": {"body": "hi"}}, "schema": {"$ref": reference}, "sample_data": {}}
+        response = studio.client.post("/v1/templates/reminder/versions", json=body, headers=studio.author)
+        assert response.status_code == 422
+        assert response.json()["errors"][0]["path"] == "/schema/$ref"
+        assert "s3cr3t" not in response.text
+    dangling = {"parts": {"sms": {"body": "hi"}}, "schema": {"$ref": "#/$defs/nope"}, "sample_data": {}}
+    assert (
+        studio.client.post(
+            "/v1/templates/reminder/versions", json=dangling, headers=studio.author
+        ).status_code
+        == 422
+    )
