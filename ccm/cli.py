@@ -119,6 +119,10 @@ def db_upgrade() -> None:
 def keys_create(
     name: Annotated[str, typer.Option(help="Who or what will use the key.")],
     role: Annotated[str, typer.Option(help="admin, author, approver, sender, agent or auditor.")],
+    person: Annotated[
+        str | None,
+        typer.Option(help="Who holds it (email or employee id); the four-eyes rule compares people."),
+    ] = None,
 ) -> None:
     """Create an API key and print it, this once."""
     from pydantic import ValidationError
@@ -129,7 +133,7 @@ def keys_create(
 
     settings = _settings()
     try:
-        body = KeyCreate.model_validate({"name": name, "role": role})
+        body = KeyCreate.model_validate({"name": name, "role": role, "person": person})
     except ValidationError as exc:
         for error in exc.errors():
             field = ".".join(str(p) for p in error["loc"])
@@ -138,7 +142,9 @@ def keys_create(
     database = Database(settings.resolved_database_url)
     try:
         with database.transaction() as session:
-            row, key = create_key(session, name=body.name, role=body.role, actor=_cli_actor())
+            row, key = create_key(
+                session, name=body.name, role=body.role, person=body.person, actor=_cli_actor()
+            )
     finally:
         database.dispose()
     err.print(f"Created key {row.id} ({row.name}, role {row.role.value}). It is shown once; keep it safe:")

@@ -25,6 +25,9 @@ class ApiKey(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     name: Mapped[str] = mapped_column(String(100))
+    # Who holds the key (an email or employee id). The four-eyes rule compares people, not keys: one
+    # person's author key and approver key must not let them approve their own work.
+    person: Mapped[str] = mapped_column(String(200), index=True)
     role: Mapped[Role] = mapped_column(Enum(Role, native_enum=False, length=20))
     # First characters of the key, safe to show, so people can tell their keys apart.
     prefix: Mapped[str] = mapped_column(String(16))

@@ -22,7 +22,9 @@ AnyKey = Annotated[Principal, Depends(any_role())]
 def create_key(body: KeyCreate, database: DatabaseDep, principal: Admin) -> KeyCreated:
     """Create an API key. The key is in the answer's `key` field, this once only."""
     with database.transaction() as session:
-        row, key = service.create_key(session, name=body.name, role=body.role, actor=principal.actor)
+        row, key = service.create_key(
+            session, name=body.name, role=body.role, person=body.person, actor=principal.actor
+        )
         return KeyCreated(**KeyOut.model_validate(row).model_dump(), key=key)
 
 
@@ -43,4 +45,4 @@ def revoke_key(key_id: str, database: DatabaseDep, principal: Admin) -> KeyOut:
 @router.get("/v1/me", response_model=WhoAmI)
 def who_am_i(principal: AnyKey) -> WhoAmI:
     """The key this request was made with: handy for checking an integration's credentials."""
-    return WhoAmI(key_id=principal.key_id, name=principal.name, role=principal.role)
+    return WhoAmI(key_id=principal.key_id, name=principal.name, person=principal.person, role=principal.role)

@@ -11,11 +11,17 @@ from ccm.auth.models import Role
 from ccm.inputs import InputModel
 
 KeyName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+PersonName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
 
 class KeyCreate(InputModel):
     name: KeyName
     role: Role
+    person: PersonName | None = Field(
+        default=None,
+        description="Who holds the key (an email or employee id); default: its name. Give all of one "
+        "person's keys the same person: the four-eyes rule compares people.",
+    )
 
 
 class KeyOut(BaseModel):
@@ -23,6 +29,7 @@ class KeyOut(BaseModel):
 
     id: str
     name: str
+    person: str
     role: Role
     prefix: str
     created_at: dt.datetime
@@ -42,4 +49,5 @@ class KeyList(BaseModel):
 class WhoAmI(BaseModel):
     key_id: str
     name: str
+    person: str
     role: Role

@@ -27,6 +27,7 @@ class Principal:
     key_id: str
     name: str
     role: Role
+    person: str
 
     @property
     def actor(self) -> str:
@@ -38,12 +39,15 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_key(session: Session, *, name: str, role: Role, actor: str) -> tuple[ApiKey, str]:
+def create_key(
+    session: Session, *, name: str, role: Role, actor: str, person: str | None = None
+) -> tuple[ApiKey, str]:
     """Make a key; returns the stored row and the key itself, which is never stored."""
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     row = ApiKey(
         id=str(uuid.uuid4()),
         name=name,
+        person=person or name,
         role=role,
         prefix=key[: len(KEY_PREFIX) + 6],
         key_hash=hash_key(key),
@@ -58,7 +62,7 @@ def create_key(session: Session, *, name: str, role: Role, actor: str) -> tuple[
         action="key.created",
         subject_type="api_key",
         subject_id=row.id,
-        payload={"name": name, "role": role.value, "prefix": row.prefix},
+        payload={"name": name, "person": row.person, "role": role.value, "prefix": row.prefix},
     )
     return row, key
 
@@ -91,10 +95,27 @@ def revoke_key(session: Session, *, key_id: str, actor: str) -> ApiKey:
 
 def authenticate(session: Session, *, key: str, bootstrap_key: str | None) -> Principal | None:
     if bootstrap_key is not None and hmac.compare_digest(key.encode(), bootstrap_key.encode()):
-        return Principal(key_id=BOOTSTRAP_KEY_ID, name="bootstrap admin (CCM_ADMIN_API_KEY)", role=Role.admin)
+        return Principal(
+            key_id=BOOTSTRAP_KEY_ID,
+            name="bootstrap admin (CCM_ADMIN_API_KEY)",
+            role=Role.admin,
+            person=BOOTSTRAP_KEY_ID,
+        )
     row = session.scalars(
         select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
     ).one_or_none()
     if row is None:
         return None
-    return Principal(key_id=row.id, name=row.name, role=row.role)
+    return Principal(key_id=row.id, name=row.name, role=row.role, person=row.person)
+
+
+def people(session: Session, actors: list[str]) -> set[str]:
+    """The people behind actors: a key's person; any other actor (cli:..., demo:...) stands for itself."""
+    key_ids = [actor.removeprefix("key:") for actor in actors if actor.startswith("key:")]
+    rows = session.execute(select(ApiKey.id, ApiKey.person).where(ApiKey.id.in_(key_ids)))
+    persons = {key_id: person for key_id, person in rows}
+    found = set()
+    for actor in actors:
+        key_id = actor.removeprefix("key:")
+        found.add(f"person:{persons[key_id]}" if actor.startswith("key:") and key_id in persons else actor)
+    return found

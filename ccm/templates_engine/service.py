@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from ccm import audit
 from ccm.audit.service import canonical_json
+from ccm.auth.service import people
 from ccm.channels import Channel
 from ccm.config import Settings
 from ccm.db import Database, utcnow
@@ -648,8 +649,11 @@ def submit_version(
     return version
 
 
-def _four_eyes(version: TemplateVersion, actor: str, verb: str) -> None:
-    if actor == version.author or actor in version.contributors:
+def _four_eyes(session: Session, version: TemplateVersion, actor: str, verb: str) -> None:
+    """Whoever wrote or edited a version may not decide on it: compared by person, not by key, so that one
+    person's author key and approver key do not add up to two pairs of eyes."""
+    writers = people(session, [version.author, *version.contributors])
+    if people(session, [actor]) & writers:
         raise Forbidden(f"you wrote this version, so someone else must {verb} it (four-eyes rule)")
 
 
@@ -657,7 +661,7 @@ def approve_version(session: Session, *, key: str, number: int, actor: str) -> T
     _, version = _transition(
         session, key=key, number=number, expected=VersionStatus.in_review, verb="approved"
     )
-    _four_eyes(version, actor, "approve")
+    _four_eyes(session, version, actor, "approve")
     version.status = VersionStatus.approved
     version.approver = actor
     version.decided_at = utcnow()
@@ -676,7 +680,7 @@ def reject_version(session: Session, *, key: str, number: int, reason: str, acto
     _, version = _transition(
         session, key=key, number=number, expected=VersionStatus.in_review, verb="rejected"
     )
-    _four_eyes(version, actor, "reject")
+    _four_eyes(session, version, actor, "reject")
     version.status = VersionStatus.rejected
     version.approver = actor
     version.rejection_reason = reason

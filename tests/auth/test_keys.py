@@ -28,7 +28,12 @@ def test_created_key_is_shown_once_and_works(
     assert key.startswith(body["prefix"])
 
     me = client.get("/v1/me", headers=bearer(key))
-    assert me.json() == {"key_id": body["id"], "name": "billing system", "role": "sender"}
+    assert me.json() == {
+        "key_id": body["id"],
+        "name": "billing system",
+        "person": "billing system",
+        "role": "sender",
+    }
 
     listing = client.get("/v1/keys", headers=admin).json()["items"]
     assert [item["id"] for item in listing] == [body["id"]]

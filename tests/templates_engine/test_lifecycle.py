@@ -377,3 +377,23 @@ def test_racing_creates_of_one_template_are_one_201_and_409s(studio: Studio) -> 
     with ThreadPoolExecutor(max_workers=8) as pool:
         statuses = sorted(pool.map(create, range(8)))
     assert statuses == [201] + [409] * 7
+
+
+def test_one_persons_two_keys_are_still_one_pair_of_eyes(studio: Studio, admin: dict[str, str]) -> None:
+    def key(name: str, role: str, person: str) -> dict[str, str]:
+        body = {"name": name, "role": role, "person": person}
+        made = studio.client.post("/v1/keys", json=body, headers=admin).json()
+        return {"Authorization": f"Bearer {made['key']}"}
+
+    alice_writes = key("alice writing", "author", "alice@bank.example")
+    alice_approves = key("alice approving", "approver", "alice@bank.example")
+    bob_approves = key("bob approving", "approver", "bob@bank.example")
+    assert studio.client.get("/v1/me", headers=alice_approves).json()["person"] == "alice@bank.example"
+    studio.client.post("/v1/templates", json={"key": "note", "name": "note"}, headers=alice_writes)
+    studio.client.post("/v1/templates/note/versions", json=SMS, headers=alice_writes)
+    studio.act("note", 1, "submit", alice_writes)
+    refused = studio.act("note", 1, "approve", alice_approves)
+    assert refused.status_code == 403
+    assert "four-eyes" in refused.json()["detail"]
+    assert studio.act("note", 1, "reject", alice_approves, {"reason": "mine"}).status_code == 403
+    assert studio.act("note", 1, "approve", bob_approves).status_code == 200

@@ -44,6 +44,7 @@ def upgrade() -> None:
         "api_keys",
         sa.Column("id", sa.String(36), nullable=False),
         sa.Column("name", sa.String(100), nullable=False),
+        sa.Column("person", sa.String(200), nullable=False),
         sa.Column("role", sa.String(20), nullable=False),
         sa.Column("prefix", sa.String(16), nullable=False),
         sa.Column("key_hash", sa.String(64), nullable=False),
@@ -54,6 +55,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_api_keys"),
         sa.UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),
     )
+    op.create_index("ix_api_keys_person", "api_keys", ["person"])
 
     op.create_table(
         "audit_events",
