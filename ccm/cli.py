@@ -238,8 +238,6 @@ def templates_export(
     version: Annotated[int | None, typer.Option(help="Default: the live version, else the newest.")] = None,
 ) -> None:
     """Write a template version in the folder format that `ccm templates sync` reads."""
-    from sqlalchemy import select
-
     from ccm.db import Database
     from ccm.errors import CCMError
     from ccm.templates_engine import files, service
@@ -253,14 +251,7 @@ def templates_export(
             if version is not None:
                 chosen = service.get_version(session, template=template, number=version)
             else:
-                chosen = (
-                    service.live_version(session, template)
-                    or session.scalars(
-                        select(TemplateVersion)
-                        .where(TemplateVersion.template_id == template.id)
-                        .order_by(TemplateVersion.number.desc())
-                    ).first()
-                )
+                chosen = service.live_version(session, template) or service.newest_version(session, template)
             if chosen is None:
                 raise typer.BadParameter(f"template '{key}' has no version yet")
             metadata = service.template_out(session, template).model_dump(mode="json")

@@ -8,7 +8,6 @@ import uuid
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ccm.channels import Channel
@@ -112,7 +111,7 @@ def preview(
     template = service.get_template(session, key=key)
     if template.kind is not TemplateKind.communication:
         raise RenderFailed(f"'{key}' is a {template.kind.value}: preview a communication that uses it")
-    version = _chosen_version(session, template_id=template.id, number=request.version, key=key)
+    version = _chosen_version(session, number=request.version, key=key)
     if version is None:
         raise RenderFailed(f"template '{key}' has no version to preview yet")
 
@@ -186,18 +185,8 @@ def preview(
     return result
 
 
-def _chosen_version(
-    session: Session, *, template_id: int, number: int | None, key: str
-) -> TemplateVersion | None:
+def _chosen_version(session: Session, *, number: int | None, key: str) -> TemplateVersion | None:
     template = service.get_template(session, key=key)
     if number is not None:
         return service.get_version(session, template=template, number=number)
-    live = service.live_version(session, template)
-    if live is not None:
-        return live
-    return session.scalars(
-        select(TemplateVersion)
-        .where(TemplateVersion.template_id == template_id)
-        .order_by(TemplateVersion.number.desc())
-        .limit(1)
-    ).first()
+    return service.live_version(session, template) or service.newest_version(session, template)

@@ -154,17 +154,18 @@ def live_version(
     ).first()
 
 
+def newest_version(session: Session, template: Template) -> TemplateVersion | None:
+    return session.scalars(
+        select(TemplateVersion)
+        .where(TemplateVersion.template_id == template.id)
+        .order_by(TemplateVersion.number.desc())
+        .limit(1)
+    ).first()
+
+
 def template_out(session: Session, template: Template) -> TemplateOut:
     live = live_version(session, template)
-    newest = (
-        live
-        or session.scalars(
-            select(TemplateVersion)
-            .where(TemplateVersion.template_id == template.id)
-            .order_by(TemplateVersion.number.desc())
-            .limit(1)
-        ).first()
-    )
+    newest = live or newest_version(session, template)
     channels = [c for c in Channel if newest is not None and c.value in newest.content.get("parts", {})]
     return TemplateOut(
         key=template.key,

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from ccm.db import Database
 from ccm.errors import CCMError, InvalidInput
@@ -14,7 +13,6 @@ from ccm.templates_engine import files, service
 from ccm.templates_engine.models import (
     Template,
     TemplateDependency,
-    TemplateVersion,
     VersionStatus,
 )
 from ccm.templates_engine.render import TemplateEngine
@@ -37,15 +35,6 @@ class SyncReport:
     updated: list[str] = field(default_factory=list)
     drafts: list[tuple[str, int]] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
-
-
-def _latest(session: Session, template: Template) -> TemplateVersion | None:
-    return session.scalars(
-        select(TemplateVersion)
-        .where(TemplateVersion.template_id == template.id)
-        .order_by(TemplateVersion.number.desc())
-        .limit(1)
-    ).first()
 
 
 def sync(database: Database, engine: TemplateEngine, root: Path, *, actor: str) -> SyncReport:
@@ -89,7 +78,7 @@ def sync(database: Database, engine: TemplateEngine, root: Path, *, actor: str) 
             key = folder.template.key
             template = service.get_template(session, key=key)
             stored = folder.body.stored()
-            latest = _latest(session, template)
+            latest = service.newest_version(session, template)
             if latest is not None and latest.content_hash == service.content_hash(stored):
                 report.unchanged.append(key)
                 continue
@@ -115,7 +104,7 @@ def publish_all(
     for key in _dependency_order(database, keys):
         with database.transaction() as session:
             template = service.get_template(session, key=key)
-            latest = _latest(session, template)
+            latest = service.newest_version(session, template)
             if latest is None:
                 continue
             if service.live_version(session, template) is not None or latest.author != author:
@@ -139,7 +128,7 @@ def _dependency_order(database: Database, keys: list[str]) -> list[str]:
     with database.read() as session:
         for key in keys:
             template = service.get_template(session, key=key)
-            latest = _latest(session, template)
+            latest = service.newest_version(session, template)
             uses[key] = set()
             if latest is not None:
                 uses[key] = set(

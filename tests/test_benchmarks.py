@@ -1,0 +1,17 @@
+"""The benchmarks still run and print their ratios (their figures come from `make bench`, not from here)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import audit_verify, render
+
+
+@pytest.mark.parametrize("benchmark", [audit_verify, render], ids=["audit_verify", "render"])
+def test_the_benchmark_runs_and_prints_its_ratio(
+    benchmark: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    benchmark.run(quick=True)  # type: ignore[attr-defined]
+    output = capsys.readouterr().out
+    assert "ratio" in output
+    assert "x" in output.split("ratio", 1)[1]
