@@ -301,7 +301,8 @@ class TemplateEngine:
         self, version: LoadedVersion, channel: Channel, field_name: str, context: RenderContext
     ) -> str:
         """One field of one channel, raw: the render path itself, without render_channel's reporting."""
-        self.register(version)
+        if version.prefix not in self._versions:  # a plain lookup: registering takes the lock
+            self.register(version)
         locale_key = version.locale_key(context.locale, channel.value)
         name = self.engine_name(version, channel, field_name, locale_key)
         return self.environment.render(name, self._variables(version, locale_key, context))

@@ -116,12 +116,17 @@ class _Watchdog:
 _watchdog = _Watchdog()
 
 
+# Tuples, not `str | bytes` unions: a union in isinstance() is built anew on every call, on the render path.
+_TEXT = (str, bytes)
+_CONTAINERS = (dict, list, tuple, set, frozenset)
+
+
 def _size(value: Any, limit: int = sys.maxsize, depth: int = 32) -> int:
     """About how many characters a value takes once printed: text its length, a container its length plus
     what its elements weigh, all the way down. Counting stops once past `limit`: nothing larger matters."""
-    if isinstance(value, str | bytes):
+    if isinstance(value, _TEXT):
         return len(value)
-    if not isinstance(value, dict | list | tuple | set | frozenset):
+    if not isinstance(value, _CONTAINERS):
         return 0
     total = len(value)
     if depth == 0 or total > limit:
@@ -135,7 +140,7 @@ def _size(value: Any, limit: int = sys.maxsize, depth: int = 32) -> int:
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, int) and type(value) is not bool
 
 
 # A printf-style conversion: %d, %10s, %(name)-10.3f, %*d ...
@@ -169,6 +174,8 @@ class _LimitedCodeGenerator(CodeGenerator):
 
 
 _MAX_JSON_INDENT = 8
+# Filters whose result can outgrow their arguments: each has its own check before it runs.
+_SPECIAL_FILTERS = frozenset({"join", "replace", "format", "indent", "tojson"})
 
 
 class TemplateEnvironment(ImmutableSandboxedEnvironment):
@@ -219,7 +226,13 @@ class TemplateEnvironment(ImmutableSandboxedEnvironment):
         return OutputTooLarge(f"{what} goes over the output limit of {self.output_limit} characters")
 
     def checked(self, value: Any) -> Any:
-        if _size(value, self.output_limit) > self.output_limit:
+        if isinstance(value, str):  # most results: text, checked by its length alone
+            if len(value) > self.output_limit:
+                raise self._too_large(f"a value of {len(value)} characters")
+            return value
+        # One level down is enough here: containers only grow through *, +, join and replace, which weigh
+        # their operands all the way down before they run. Everything else passes the weight on unchanged.
+        if _size(value, self.output_limit, depth=1) > self.output_limit:
             raise self._too_large(f"a value of {_size(value)} characters")
         return value
 
@@ -330,6 +343,21 @@ class TemplateEnvironment(ImmutableSandboxedEnvironment):
         """Filters are called directly, not through `call`: give them the same argument and result checks."""
         # Arguments: the context or environment for pass_* filters, then the value, then the filter's own.
         skip = 2 if getattr(function, "jinja_pass_arg", None) is not None else 1
+
+        if name not in _SPECIAL_FILTERS:
+
+            @functools.wraps(function)
+            def guarded_plain(*args: Any, **kwargs: Any) -> Any:
+                limit = self.output_limit
+                for value in args[skip:]:
+                    if type(value) is int and value > limit:
+                        raise self._too_large(f"{name}: an argument of {value}")
+                for value in kwargs.values():
+                    if type(value) is int and value > limit:
+                        raise self._too_large(f"{name}: an argument of {value}")
+                return self.checked(function(*args, **kwargs))
+
+            return guarded_plain
 
         @functools.wraps(function)
         def guarded(*args: Any, **kwargs: Any) -> Any:
