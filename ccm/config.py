@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     twilio_from_number: str | None = None
     twilio_messaging_service_sid: str | None = None
     twilio_api_base: AnyHttpUrl | None = None
+    sms_max_segments: int = Field(default=10, ge=1, le=50, description="Longest SMS sent, in segments.")
 
     @field_validator("database_url")
     @classmethod
