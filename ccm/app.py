@@ -16,6 +16,7 @@ from ccm.audit.router import router as audit_router
 from ccm.auth.router import router as keys_router
 from ccm.config import Settings, get_settings
 from ccm.customers.router import router as customers_router
+from ccm.customers.unsubscribe import router as unsubscribe_router
 from ccm.db import Database
 from ccm.health import router as health_router
 from ccm.middleware import RequestContextMiddleware, RequestGuard
@@ -75,5 +76,6 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.include_router(keys_router)
     app.include_router(customers_router)
     app.include_router(templates_router)
+    app.include_router(unsubscribe_router)
     app.include_router(audit_router)
     return app

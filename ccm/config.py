@@ -38,6 +38,11 @@ class Settings(BaseSettings):
         default=None, repr=False, description="redis:// URL; unset means the embedded worker."
     )
     public_base_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8000")
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Signs customers' links (unsubscribe, portal). Unset: made once and kept in the data "
+        "dir; set the same value on every machine when scaled out.",
+    )
     admin_api_key: SecretStr | None = Field(
         default=None, description="Optional bootstrap key with the admin role, for creating the first keys."
     )
@@ -105,6 +110,15 @@ class Settings(BaseSettings):
             return None
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("expected a redis:// or rediss:// URL")
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value() == "":
+            return None
+        if len(value.get_secret_value()) < 32:
+            raise ValueError("too short: use at least 32 random characters")
         return value
 
     @field_validator("admin_api_key")

@@ -1,0 +1,110 @@
+"""One-click unsubscribe (RFC 8058): the link in a marketing email's List-Unsubscribe header.
+
+The link carries a token signed with the service's secret, naming the customer, channel and purpose. It does
+not expire: a link in an old email must keep working. GET shows a page with a button, and changes nothing
+(mail scanners follow links); POST, which is what a mail client's one-click sends
+(`List-Unsubscribe=One-Click`), withdraws the consent and records it like any other consent change.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import secrets
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter
+from fastapi import Path as PathParam
+from fastapi.responses import HTMLResponse
+from itsdangerous import BadSignature, URLSafeSerializer
+
+from ccm.auth.deps import DatabaseDep, SettingsDep
+from ccm.channels import Channel
+from ccm.config import Settings
+from ccm.customers import service
+from ccm.customers.models import Purpose
+from ccm.customers.schemas import ConsentIn, ConsentsIn
+from ccm.errors import NotFound
+
+SOURCE = "one-click unsubscribe"
+_SALT = "ccm.unsubscribe.v1"
+
+router = APIRouter(tags=["unsubscribe"])
+
+
+def signing_secret(settings: Settings) -> str:
+    """CCM_SECRET_KEY, or (on a single machine) a secret made once and kept in the data dir."""
+    if settings.secret_key is not None:
+        return settings.secret_key.get_secret_value()
+    path: Path = settings.data_dir / "secret_key"
+    if not path.exists():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another process made it first
+        else:
+            with os.fdopen(descriptor, "w") as file:
+                file.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def _serializer(settings: Settings) -> URLSafeSerializer:
+    return URLSafeSerializer(signing_secret(settings), salt=_SALT)
+
+
+def unsubscribe_token(settings: Settings, *, external_id: str, channel: Channel = Channel.email) -> str:
+    return str(
+        _serializer(settings).dumps({"c": external_id, "ch": channel.value, "p": Purpose.marketing.value})
+    )
+
+
+def unsubscribe_url(settings: Settings, *, external_id: str, channel: Channel = Channel.email) -> str:
+    base = str(settings.public_base_url).rstrip("/")
+    return f"{base}/unsubscribe/{unsubscribe_token(settings, external_id=external_id, channel=channel)}"
+
+
+def _read(settings: Settings, token: str) -> tuple[str, Channel]:
+    try:
+        claims = _serializer(settings).loads(token)
+        return str(claims["c"]), Channel(claims["ch"])
+    except (BadSignature, KeyError, TypeError, ValueError):
+        raise NotFound("this unsubscribe link is not valid") from None
+
+
+Token = Annotated[str, PathParam(max_length=1000)]
+
+
+def _page(title: str, body: str) -> HTMLResponse:
+    return HTMLResponse(
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>{html.escape(title)}</title></head>"
+        "<body style='font-family: sans-serif; max-width: 36em; margin: 3em auto; line-height: 1.5'>"
+        f"<h1>{html.escape(title)}</h1>{body}</body></html>"
+    )
+
+
+@router.get("/unsubscribe/{token}", response_class=HTMLResponse)
+def confirm_page(token: Token, settings: SettingsDep) -> HTMLResponse:
+    """A page with a button: following a link changes nothing (mail scanners follow links)."""
+    _, channel = _read(settings, token)
+    return _page(
+        "Unsubscribe",
+        f"<p>Stop receiving offers by {html.escape(channel.value)}? Messages about your accounts and "
+        "services will still reach you.</p>"
+        "<form method='post'><button type='submit'>Unsubscribe</button></form>",
+    )
+
+
+@router.post("/unsubscribe/{token}", response_class=HTMLResponse)
+def unsubscribe(token: Token, database: DatabaseDep, settings: SettingsDep) -> HTMLResponse:
+    """One-click unsubscribe: withdraws marketing consent on the channel; doing it again changes nothing."""
+    external_id, channel = _read(settings, token)
+    body = ConsentsIn(
+        consents=[ConsentIn(channel=channel, purpose=Purpose.marketing, granted=False)], source=SOURCE
+    )
+    with database.transaction() as session:
+        service.update_consents(session, external_id=external_id, body=body, actor=f"customer:{external_id}")
+    return _page("You are unsubscribed", "<p>You will no longer receive our offers this way.</p>")
