@@ -19,6 +19,7 @@ from ccm.audit.models import AuditEvent
 from ccm.auth.models import Role
 from ccm.config import Settings
 from ccm.db import Database
+from tests.channels.smtp_sink import SmtpSink
 from tests.pgcluster import PostgresCluster, find_postgres_bindir
 
 ADMIN_KEY = "test-bootstrap-admin-key-0123456789"
@@ -108,6 +109,16 @@ def app(settings: Settings, database: Database) -> FastAPI:
 def client(app: FastAPI) -> Iterator[TestClient]:
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def sink() -> Iterator[SmtpSink]:
+    """A real SMTP server (aiosmtpd) on a free port, recording what it receives."""
+    server = SmtpSink().start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from ccm.config import Settings, redact_url
 from ccm.db import Database
 from ccm.demo import demo_customers
 from tests.conftest import count_events
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,12 +101,6 @@ def test_db_upgrade_migrates_an_empty_database(empty_database_url: str) -> None:
 def test_printed_urls_hide_passwords() -> None:
     assert redact_url("redis://:hunter2@cache:6379/0") == "redis://:***@cache:6379/0"
     assert redact_url("redis://localhost:6379") == "redis://localhost:6379"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(url: str, process: subprocess.Popen[str], timeout: float = 60) -> int:

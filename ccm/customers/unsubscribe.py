@@ -8,9 +8,12 @@ not expire: a link in an old email must keep working. GET shows a page with a bu
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import html
 import os
 import secrets
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -40,13 +43,23 @@ def signing_secret(settings: Settings) -> str:
     path: Path = settings.data_dir / "secret_key"
     if not path.exists():
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # Written whole under a temporary name, then linked into place: a reader never sees a half-written
+        # secret, and if another process got there first its secret stands (link fails on an existing name).
+        handle, temporary = tempfile.mkstemp(dir=settings.data_dir, prefix=".secret-")
         try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another process made it first
-        else:
-            with os.fdopen(descriptor, "w") as file:
+            with os.fdopen(handle, "w") as file:
                 file.write(secrets.token_urlsafe(48))
+            with contextlib.suppress(FileExistsError):
+                os.link(temporary, path)
+        finally:
+            os.unlink(temporary)
+    return _secret_in(path)
+
+
+@functools.lru_cache(maxsize=8)
+def _secret_in(path: Path) -> str:
+    # Read once per process: the file is written once and never changes, and tokens are made for every
+    # marketing email and checked on every unsubscribe.
     return path.read_text().strip()
 
 

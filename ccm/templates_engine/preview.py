@@ -18,7 +18,7 @@ from ccm.customers.models import Customer
 from ccm.customers.service import customer_out, get_customer
 from ccm.errors import CCMError, FieldError, InvalidInput
 from ccm.templates_engine import service
-from ccm.templates_engine.models import TemplateKind, TemplateVersion
+from ccm.templates_engine.models import Template, TemplateKind, TemplateVersion
 from ccm.templates_engine.render import RenderContext, RenderedChannel, RenderProblem, TemplateEngine
 from ccm.templates_engine.sandbox import RenderLimitError, run_with_time_limit
 from ccm.templates_engine.schemas import InlineCustomer, PreviewOut, PreviewRequest
@@ -76,7 +76,12 @@ def inline_customer_context(customer: InlineCustomer) -> dict[str, Any]:
 
 
 def channel_result(
-    rendered: RenderedChannel, *, settings: Settings, title: str, page_size: str | None
+    rendered: RenderedChannel,
+    *,
+    settings: Settings,
+    title: str,
+    page_size: str | None,
+    css: str | None = None,
 ) -> dict[str, Any]:
     result: dict[str, Any] = {"locale": rendered.locale, **rendered.fields}
     if rendered.channel is Channel.sms and "body" in rendered.fields:
@@ -92,7 +97,7 @@ def channel_result(
         pdf = run_with_time_limit(
             lambda: render_pdf(
                 html,
-                css=rendered.fields.get("css"),
+                css=css,
                 page_size="Letter" if (page_size or settings.print_page_size) == "Letter" else "A4",
                 title=title,
                 author=settings.print_author,
@@ -111,7 +116,7 @@ def preview(
     template = service.get_template(session, key=key)
     if template.kind is not TemplateKind.communication:
         raise RenderFailed(f"'{key}' is a {template.kind.value}: preview a communication that uses it")
-    version = _chosen_version(session, number=request.version, key=key)
+    version = _chosen_version(session, template, number=request.version)
     if version is None:
         raise RenderFailed(f"template '{key}' has no version to preview yet")
 
@@ -149,22 +154,20 @@ def preview(
     for channel in loaded.channels():
         rendered = engine.render_channel(loaded, channel, context)
         problems.extend(rendered.problems)
-        if rendered.fields:
-            page_size = (version.content["parts"].get("print") or {}).get("page_size")
-            if channel is Channel.print:
-                css = (loaded.parts_for(loaded.locale_key(locale, "print")).get("print") or {}).get("css")
-                if css:
-                    rendered.fields["css"] = css
-            try:
-                parts[channel.value] = channel_result(
-                    rendered, settings=settings, title=template.name, page_size=page_size
-                )
-            except (RenderFailed, RenderLimitError) as exc:
-                problems.append(
-                    RenderProblem(part=f"{channel.value}.html", line=None, variable=None, message=str(exc))
-                )
-                continue
-            parts[channel.value].pop("css", None)
+        if not rendered.fields:
+            continue
+        page_size = (version.content["parts"].get("print") or {}).get("page_size")
+        css = None
+        if channel is Channel.print:
+            css = (loaded.parts_for(loaded.locale_key(locale, "print")).get("print") or {}).get("css")
+        try:
+            parts[channel.value] = channel_result(
+                rendered, settings=settings, title=template.name, page_size=page_size, css=css
+            )
+        except (RenderFailed, RenderLimitError) as exc:
+            problems.append(
+                RenderProblem(part=f"{channel.value}.html", line=None, variable=None, message=str(exc))
+            )
     result = PreviewOut(
         template=key,
         version=version.number,
@@ -185,8 +188,7 @@ def preview(
     return result
 
 
-def _chosen_version(session: Session, *, number: int | None, key: str) -> TemplateVersion | None:
-    template = service.get_template(session, key=key)
+def _chosen_version(session: Session, template: Template, *, number: int | None) -> TemplateVersion | None:
     if number is not None:
         return service.get_version(session, template=template, number=number)
     return service.live_version(session, template) or service.newest_version(session, template)

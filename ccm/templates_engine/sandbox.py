@@ -398,14 +398,9 @@ class TemplateEnvironment(ImmutableSandboxedEnvironment):
             if len(self._compiled) >= self._compiled_limit:
                 self._compiled.clear()
             self._compiled[name] = template
-        token = _watchdog.arm(self.time_limit)
-        try:
-            try:
-                return self._collect(template.generate(context))
-            finally:
-                _watchdog.disarm(token)
-        except _Interrupt:
-            raise RenderTimedOut(f"rendering took longer than the {self.time_limit:g}s time limit") from None
+        return run_with_time_limit(
+            lambda: self._collect(template.generate(context)), self.time_limit, "rendering"
+        )
 
     def _collect(self, chunks: Iterator[str]) -> str:
         # Counted 16 chunks at a time: the cap still holds (at most one batch past it is ever held), and the

@@ -103,7 +103,7 @@ class Publish(InputModel):
     )
 
 
-class Warning(BaseModel):
+class TemplateWarning(BaseModel):
     part: str
     line: int | None
     variable: str | None = None
@@ -129,7 +129,7 @@ class VersionOut(VersionSummary):
     copied_from: int | None
     content: dict[str, Any]
     uses: dict[str, int | None] = Field(description="Layouts and snippets used: key -> pinned version.")
-    warnings: list[Warning] = Field(default_factory=list)
+    warnings: list[TemplateWarning] = Field(default_factory=list)
 
 
 class TemplateOut(BaseModel):

@@ -42,10 +42,10 @@ from ccm.templates_engine.schemas import (
     TemplateCreate,
     TemplateOut,
     TemplateUpdate,
+    TemplateWarning,
     VersionBody,
     VersionOut,
     VersionSummary,
-    Warning,
 )
 
 log = logging.getLogger(__name__)
@@ -263,7 +263,10 @@ def version_summaries(session: Session, template: Template) -> list[VersionSumma
 
 
 def version_out(
-    session: Session, template: Template, version: TemplateVersion, warnings: list[Warning] | None = None
+    session: Session,
+    template: Template,
+    version: TemplateVersion,
+    warnings: list[TemplateWarning] | None = None,
 ) -> VersionOut:
     shown = _shown_states(session, template)
     uses = {
@@ -295,7 +298,7 @@ def content_hash(content: dict[str, Any]) -> str:
 class Checked:
     body: VersionBody
     references: set[str]
-    warnings: list[Warning]
+    warnings: list[TemplateWarning]
 
 
 def _all_parts(body: VersionBody) -> Iterator[tuple[str, str, Parts]]:
@@ -313,7 +316,7 @@ def _source_error(sub: analysis.SubPart, part: str, line: int | None, message: s
 def check_version(session: Session, engine: TemplateEngine, template: Template, body: VersionBody) -> Checked:
     """Everything that must hold for a version to be saved; every problem found is reported at once."""
     errors: list[FieldError] = []
-    warnings: list[Warning] = []
+    warnings: list[TemplateWarning] = []
     references: set[str] = set()
     schema = body.variables_schema
 
@@ -375,7 +378,7 @@ def check_version(session: Session, engine: TemplateEngine, template: Template, 
             for path, line in paths:
                 if analysis.undeclared(path, schema):
                     warnings.append(
-                        Warning(
+                        TemplateWarning(
                             part=part,
                             line=line,
                             variable=path,
@@ -496,7 +499,7 @@ def _set_dependencies(session: Session, version: TemplateVersion, references: se
 
 def create_version(
     session: Session, engine: TemplateEngine, *, key: str, body: dict[str, Any], actor: str
-) -> tuple[TemplateVersion, list[Warning]]:
+) -> tuple[TemplateVersion, list[TemplateWarning]]:
     """A new draft from `body` (a version body), or from version `copy_from` with `body`'s fields merged in
     (as a merge patch, so a part may be given in part). Whoever wrote the copied version stays among its
     contributors: copying a version does not make it someone else's work to approve."""
@@ -560,7 +563,7 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 def patch_version(
     session: Session, engine: TemplateEngine, *, key: str, number: int, patch: dict[str, Any], actor: str
-) -> tuple[TemplateVersion, list[Warning]]:
+) -> tuple[TemplateVersion, list[TemplateWarning]]:
     template = get_template(session, key=key)
     version = get_version(session, template=template, number=number, for_update=True)
     if version.status is not VersionStatus.draft:

@@ -31,15 +31,6 @@ HTML = (
 
 
 @pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    server = SmtpSink().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def transport(sink: SmtpSink, tmp_path: Path) -> Iterator[SmtpTransport]:
     smtp = SmtpTransport(Settings(data_dir=tmp_path, smtp_host="127.0.0.1", smtp_port=sink.port), timeout=5)
     try:

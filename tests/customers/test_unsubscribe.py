@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -30,15 +29,6 @@ def subscribed(client: TestClient, admin: dict[str, str]) -> str:
     }
     assert client.put("/v1/customers/CUST-1/consents", json=consent, headers=admin).status_code == 200
     return "CUST-1"
-
-
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    server = SmtpSink().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def marketing_consent(client: TestClient, admin: dict[str, str]) -> bool | None:

@@ -12,6 +12,7 @@ from ccm.app import create_app
 from ccm.audit.models import AuditEvent
 from ccm.config import Settings
 from ccm.db import Database
+from ccm.templates_engine import service
 from tests.templates_engine.conftest import Studio
 
 SMS: dict[str, Any] = {
@@ -164,7 +165,7 @@ def test_publishing_an_older_version_is_the_rollback(studio: Studio) -> None:
     assert old.json()["parts"]["sms"]["body"].startswith("Version two")
 
 
-def test_a_scheduled_publication_takes_effect_at_its_time(studio: Studio) -> None:
+def test_a_scheduled_publication_takes_effect_at_its_time(studio: Studio, database: Database) -> None:
     studio.create("reminder")
     studio.live("reminder", SMS)
     number = studio.draft("reminder", SMS | {"notes": "next"})["number"]
@@ -174,6 +175,13 @@ def test_a_scheduled_publication_takes_effect_at_its_time(studio: Studio) -> Non
     scheduled = studio.act("reminder", number, "publish", studio.approver, {"effective_from": later}).json()
     assert scheduled["status"] == "scheduled"
     assert studio.client.get("/v1/templates/reminder", headers=studio.author).json()["published_version"] == 1
+    # What a send at each time would render with: the old version until the schedule, the new one from it.
+    moment = dt.datetime.fromisoformat(later)
+    with database.read() as session:
+        template = service.get_template(session, key="reminder")
+        before = service.live_version(session, template, moment - dt.timedelta(seconds=1))
+        after = service.live_version(session, template, moment)
+    assert (before and before.number, after and after.number) == (1, number)
     past = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).isoformat()
     refused = studio.act("reminder", number, "publish", studio.approver, {"effective_from": past})
     assert refused.status_code == 422

@@ -206,6 +206,24 @@ def check_letter(part: dict[str, Any], key: str, customer: str | None) -> None:
     assert f"Page {part['pages']} of {part['pages']}" in text
 
 
+def test_starter_templates_speak_the_customers_language(starter: TestClient, admin: dict[str, str]) -> None:
+    french = starter.post(
+        "/v1/templates/welcome/preview", json={"customer": "CUST-1002"}, headers=admin
+    ).json()
+    assert french["locale"] == "fr-CA"
+    assert french["parts"]["email"]["subject"] == "Bienvenue chez Northwind Bank, Émile Tremblay"
+    assert (
+        "Agréée par la Prudential Regulation Authority" in french["parts"]["email"]["html"]
+    )  # the footer too
+    assert french["parts"]["sms"]["encoding"] == "GSM-7"
+    german = starter.post(
+        "/v1/templates/welcome/preview", json={"customer": "CUST-1004"}, headers=admin
+    ).json()
+    assert (
+        german["parts"]["email"]["subject"] == "Welcome to Northwind Bank, Katharina Vogel"
+    )  # no German: default
+
+
 def test_the_statement_runs_over_several_pages(starter: TestClient, admin: dict[str, str]) -> None:
     part = starter.post(
         "/v1/templates/annual_statement/preview", json={"customer": "CUST-1001"}, headers=admin
