@@ -71,6 +71,21 @@ class Settings(BaseSettings):
         default=30.0, gt=0, le=600, description="Most seconds one letter's PDF may take."
     )
     print_author: str = "ccm"
+    print_pdf_variant: Literal["pdf/a-3b"] | None = Field(
+        default=None, description="pdf/a-3b: letters as PDF/A-3b, for archiving."
+    )
+
+    portal_link_days: int = Field(
+        default=30, ge=1, le=366, description="How long a customer's portal link stays valid, in days."
+    )
+    portal_notice_template: str = Field(
+        default="portal_notice", description="The template telling a customer a document is in their portal."
+    )
+    sms_help_text: str = Field(
+        default="Reply STOP to stop text messages, START to receive them again.",
+        max_length=320,
+        description="The answer to an inbound HELP.",
+    )
 
     smtp_host: str | None = None
     smtp_port: Port = 25

@@ -17,13 +17,18 @@ from ccm import migrations
 from ccm.app import create_app
 from ccm.audit.models import AuditEvent
 from ccm.auth.models import Role
+from ccm.cli import DEMO_APPROVER, DEMO_AUTHOR
 from ccm.config import Settings
 from ccm.db import Database
+from ccm.demo import load_demo
+from ccm.templates_engine.service import make_engine
+from ccm.templates_engine.sync import publish_all, sync
 from tests.channels.smtp_sink import SmtpSink
 from tests.pgcluster import PostgresCluster, find_postgres_bindir
 
 ADMIN_KEY = "test-bootstrap-admin-key-0123456789"
 BACKENDS = ["sqlite", "postgresql"]
+STARTER_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 _database_numbers = itertools.count(1)
 
 
@@ -66,6 +71,54 @@ def template_database(
     cluster.create_database("ccm_template")
     migrations.upgrade(cluster.url("ccm_template"))
     return "ccm_template"
+
+
+@pytest.fixture(scope="session")
+def demo_template_database(
+    backend: str,
+    template_database: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> str:
+    """A migrated database holding the demo customers and the starter templates, published: made once per
+    session; tests that send real communications start from a copy of it (`demo_database_url`)."""
+    if backend == "sqlite":
+        path = tmp_path_factory.mktemp("demo") / "ccm.db"
+        shutil.copyfile(template_database, path)
+        url = f"sqlite:///{path}"
+        result = str(path)
+    else:
+        cluster: PostgresCluster = request.getfixturevalue("postgres")
+        cluster.create_database("ccm_demo_template", template=template_database)
+        url, result = cluster.url("ccm_demo_template"), "ccm_demo_template"
+    settings = Settings(data_dir=tmp_path_factory.mktemp("demo-data"), database_url=url)
+    database = Database(url)
+    try:
+        load_demo(database, actor="test:demo")
+        engine = make_engine(database, settings)
+        report = sync(database, engine, STARTER_TEMPLATES, actor=DEMO_AUTHOR)
+        publish_all(database, engine, report.created, author=DEMO_AUTHOR, approver=DEMO_APPROVER)
+    finally:
+        database.dispose()
+    return result
+
+
+@pytest.fixture
+def demo_database_url(
+    backend: str, demo_template_database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    if backend == "sqlite":
+        path = tmp_path / "ccm.db"
+        shutil.copyfile(demo_template_database, path)
+        yield f"sqlite:///{path}"
+        return
+    cluster: PostgresCluster = request.getfixturevalue("postgres")
+    name = f"ccm_test_{next(_database_numbers)}"
+    cluster.create_database(name, template=demo_template_database)
+    try:
+        yield cluster.url(name)
+    finally:
+        cluster.drop_database(name)
 
 
 @pytest.fixture

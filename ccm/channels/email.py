@@ -28,18 +28,20 @@ from typing import Protocol
 
 import css_inline
 
-from ccm.channels.base import PermanentDeliveryError, TransientDeliveryError
+from ccm.channels import Channel
+from ccm.channels.base import (
+    Attachment,
+    Envelope,
+    PermanentDeliveryError,
+    Prepared,
+    Sent,
+    TransientDeliveryError,
+)
+from ccm.communications.status import DeliveryStatus
 from ccm.config import Settings, SmtpSecurity
 
 # Remote stylesheets are never fetched: a template must not make the server reach the network.
 _inliner = css_inline.CSSInliner(load_remote_stylesheets=False, keep_at_rules=True)
-
-
-@dataclass(frozen=True)
-class EmailAttachment:
-    filename: str
-    content_type: str  # "application/pdf"
-    content: bytes
 
 
 @dataclass(frozen=True)
@@ -52,11 +54,11 @@ class OutgoingEmail:
     to_name: str | None = None
     marketing: bool = False
     unsubscribe_url: str | None = None
-    attachments: tuple[EmailAttachment, ...] = field(default_factory=tuple)
+    attachments: tuple[Attachment, ...] = field(default_factory=tuple)
 
 
 def make_message_id(sender: str) -> str:
-    domain = sender.rpartition("@")[2] or "localhost"
+    domain = email.utils.parseaddr(sender)[1].rpartition("@")[2] or "localhost"
     return email.utils.make_msgid(domain=domain)
 
 
@@ -91,7 +93,7 @@ def build_mime(message: OutgoingEmail, *, sender: str) -> bytes:
     mime.add_alternative(_inliner.inline(message.html), subtype="html")
     for attachment in message.attachments:
         _refuse_line_breaks(attachment_filename=attachment.filename)
-        maintype, _, subtype = attachment.content_type.partition("/")
+        maintype, _, subtype = attachment.media_type.partition("/")
         mime.add_attachment(
             attachment.content, maintype=maintype, subtype=subtype, filename=attachment.filename
         )
@@ -236,3 +238,45 @@ def make_transport(settings: Settings) -> EmailTransport:
     if settings.smtp_host:
         return SmtpTransport(settings)
     return EmlFileTransport(settings.data_dir / "outbox" / "email")
+
+
+class EmailAdapter:
+    """The email channel: the MIME message is the artifact, sent as stored."""
+
+    channel = Channel.email
+
+    def __init__(self, transport: EmailTransport, *, sender: str) -> None:
+        self.transport = transport
+        self.sender = sender
+
+    def prepare(self, envelope: Envelope) -> Prepared:
+        if not envelope.recipient:
+            raise PermanentDeliveryError("the customer has no email address")
+        if not envelope.message_id:
+            raise PermanentDeliveryError("an email delivery needs its Message-ID")
+        fields = envelope.fields
+        mime = build_mime(
+            OutgoingEmail(
+                message_id=envelope.message_id,
+                to_address=envelope.recipient,
+                to_name=str(envelope.customer.get("name") or "") or None,
+                subject=fields.get("subject", envelope.title),
+                html=fields.get("html", ""),
+                text=fields.get("text", ""),
+                marketing=envelope.marketing,
+                unsubscribe_url=envelope.unsubscribe_url,
+                attachments=envelope.attachments,
+            ),
+            sender=self.sender,
+        )
+        return Prepared(content=mime, media_type="message/rfc822")
+
+    def send(self, envelope: Envelope, prepared: Prepared) -> Sent:
+        message_id = envelope.message_id or ""  # prepare() checked it and the recipient
+        self.transport.send(
+            sender=self.sender,
+            recipient=envelope.recipient or "",
+            mime=prepared.content,
+            message_id=message_id,
+        )
+        return Sent(status=DeliveryStatus.sent, provider_id=message_id)

@@ -23,8 +23,10 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
-from ccm.channels.base import PermanentDeliveryError, TransientDeliveryError
+from ccm.channels import Channel
+from ccm.channels.base import Envelope, PermanentDeliveryError, Prepared, Sent, TransientDeliveryError
 from ccm.channels.sms_segments import SmsEncoding, count_segments
+from ccm.communications.status import TWILIO_STATUSES, DeliveryStatus
 from ccm.config import Settings
 
 # Twilio error codes that will not change on a retry.
@@ -177,3 +179,34 @@ def make_sms_sender(settings: Settings) -> SmsSender:
     if settings.twilio_configured:
         return TwilioSmsSender(settings)
     return RecordedSmsSender(settings.data_dir / "outbox" / "sms", max_segments=settings.sms_max_segments)
+
+
+class SmsAdapter:
+    """The SMS channel: the text is the artifact; each message asks Twilio to call back with its status."""
+
+    channel = Channel.sms
+
+    def __init__(self, sender: SmsSender, *, max_segments: int, status_callback: str | None) -> None:
+        self.sender = sender
+        self.max_segments = max_segments
+        self.status_callback = status_callback
+
+    def prepare(self, envelope: Envelope) -> Prepared:
+        if not envelope.recipient:
+            raise PermanentDeliveryError("the customer has no mobile number")
+        body = envelope.fields.get("body", "")
+        segments, encoding = _checked(OutgoingSms(to=envelope.recipient, body=body), self.max_segments)
+        return Prepared(
+            content=body.encode(),
+            media_type="text/plain; charset=utf-8",
+            details={"segments": segments, "encoding": encoding.value},
+        )
+
+    def send(self, envelope: Envelope, prepared: Prepared) -> Sent:
+        to = envelope.recipient or ""  # prepare() checked it
+        sent = self.sender.send(
+            OutgoingSms(to=to, body=prepared.content.decode(), status_callback=self.status_callback)
+        )
+        # Twilio answers "queued" or "accepted"; a recorded message has gone as far as it ever will.
+        status = TWILIO_STATUSES.get(sent.status, DeliveryStatus.sent)
+        return Sent(status=status, provider_id=sent.provider_id)

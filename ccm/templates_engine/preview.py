@@ -11,16 +11,18 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from ccm.channels import Channel
-from ccm.channels.print import render_pdf
+from ccm.channels.portal import portal_link
+from ccm.channels.print import LetterTooLarge, letter
 from ccm.channels.sms_segments import count_segments
 from ccm.config import Settings
 from ccm.customers.models import Customer
 from ccm.customers.service import customer_out, get_customer
+from ccm.customers.unsubscribe import unsubscribe_url
 from ccm.errors import CCMError, FieldError, InvalidInput
 from ccm.templates_engine import service
 from ccm.templates_engine.models import Template, TemplateKind, TemplateVersion
 from ccm.templates_engine.render import RenderContext, RenderedChannel, RenderProblem, TemplateEngine
-from ccm.templates_engine.sandbox import RenderLimitError, run_with_time_limit
+from ccm.templates_engine.sandbox import RenderLimitError
 from ccm.templates_engine.schemas import InlineCustomer, PreviewOut, PreviewRequest
 from ccm.templates_engine.schemas import RenderProblem as RenderProblemOut
 
@@ -43,15 +45,22 @@ SAMPLE_CUSTOMER: dict[str, Any] = {
 }
 
 
-def message_context(settings: Settings, message_id: str, *, preview: bool = False) -> dict[str, Any]:
-    """The `message` a template sees. In a preview the links lead to placeholder pages."""
+def message_context(
+    settings: Settings, message_id: str, *, external_id: str | None = None, date: dt.date | None = None
+) -> dict[str, Any]:
+    """The `message` a template sees. For a real customer (external_id) the links are signed for them; in a
+    preview they lead to placeholder pages."""
     base = str(settings.public_base_url).rstrip("/")
-    token = "preview" if preview else message_id
+    if external_id is None:
+        unsubscribe, portal = f"{base}/unsubscribe/preview", f"{base}/portal/preview"
+    else:
+        unsubscribe = unsubscribe_url(settings, external_id=external_id)
+        portal = portal_link(settings, external_id=external_id)
     return {
         "id": message_id,
-        "date": dt.date.today().isoformat(),
-        "unsubscribe_url": f"{base}/unsubscribe/{token}",
-        "portal_url": f"{base}/portal/{token}",
+        "date": (date or dt.date.today()).isoformat(),
+        "unsubscribe_url": unsubscribe,
+        "portal_url": portal,
     }
 
 
@@ -88,24 +97,17 @@ def channel_result(
         counted = count_segments(rendered.fields["body"])
         result.update(encoding=counted.encoding.value, characters=counted.units, segments=counted.segments)
     if rendered.channel is Channel.print and "html" in rendered.fields:
-        html = rendered.fields["html"]
-        if len(html) > settings.print_max_html:
-            raise RenderFailed(
-                f"the letter's HTML has {len(html)} characters; letters may have {settings.print_max_html} "
-                "(CCM_PRINT_MAX_HTML)"
-            )
-        pdf = run_with_time_limit(
-            lambda: render_pdf(
-                html,
+        try:
+            pdf = letter(
+                settings,
+                rendered.fields["html"],
                 css=css,
-                page_size="Letter" if (page_size or settings.print_page_size) == "Letter" else "A4",
+                page_size=page_size,
                 title=title,
-                author=settings.print_author,
                 language=rendered.locale,
-            ),
-            settings.print_time_limit,
-            "laying out the letter",
-        )
+            )
+        except LetterTooLarge as exc:
+            raise RenderFailed(str(exc)) from None
         result.update(pages=pdf.pages, pdf_base64=base64.b64encode(pdf.content).decode())
     return result
 
@@ -144,7 +146,7 @@ def preview(
     context = RenderContext(
         customer=customer,
         data=data,
-        message=message_context(settings, f"preview-{uuid.uuid4()}", preview=True),
+        message=message_context(settings, f"preview-{uuid.uuid4()}"),
         locale=locale,
         timezone=customer.get("timezone") or "UTC",
     )
@@ -156,10 +158,7 @@ def preview(
         problems.extend(rendered.problems)
         if not rendered.fields:
             continue
-        page_size = (version.content["parts"].get("print") or {}).get("page_size")
-        css = None
-        if channel is Channel.print:
-            css = (loaded.parts_for(loaded.locale_key(locale, "print")).get("print") or {}).get("css")
+        css, page_size = loaded.letter_style(locale)
         try:
             parts[channel.value] = channel_result(
                 rendered, settings=settings, title=template.name, page_size=page_size, css=css

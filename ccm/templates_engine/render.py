@@ -69,6 +69,14 @@ class LoadedVersion:
                 return candidate
         return DEFAULT_LOCALE_KEY
 
+    def letter_style(self, locale: str | None) -> tuple[str | None, str | None]:
+        """The letter's CSS (for the locale whose print part serves `locale`) and its page size."""
+        print_part = (
+            self.parts_for(self.locale_key(locale, Channel.print.value)).get(Channel.print.value) or {}
+        )
+        page_size = (self.content.get("parts", {}).get(Channel.print.value) or {}).get("page_size")
+        return print_part.get("css"), page_size
+
     def channels(self) -> list[Channel]:
         parts = self.content.get("parts", {})
         return [channel for channel in Channel if channel.value in parts]

@@ -29,6 +29,9 @@ PUBLIC = {
     ("GET", "/openapi.json"): 200,
     ("GET", "/unsubscribe/{token}"): 404,
     ("POST", "/unsubscribe/{token}"): 404,
+    # Twilio's webhooks are checked by their signature instead: unsigned, they are refused.
+    ("POST", "/webhooks/twilio/status"): 403,
+    ("POST", "/webhooks/twilio/inbound"): 403,
 }
 
 AUTHORS = frozenset({Role.admin, Role.author})

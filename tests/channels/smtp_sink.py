@@ -19,10 +19,12 @@ class Received:
 
 @dataclass
 class SinkHandler:
-    """Recipients whose local part starts with `tempfail` get 451, with `reject` 550."""
+    """Recipients whose local part starts with `tempfail` get 451, with `reject` 550. An address in
+    `busy` gets 451 as many times as its count says, then is accepted."""
 
     messages: list[Received] = field(default_factory=list)
     connections: int = 0
+    busy: dict[str, int] = field(default_factory=dict)
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
@@ -39,6 +41,9 @@ class SinkHandler:
             return "451 4.3.0 mailbox busy, try again later"
         if local.startswith("reject"):
             return "550 5.1.1 no such mailbox"
+        if self.busy.get(address, 0) > 0:
+            self.busy[address] -= 1
+            return "451 4.3.0 mailbox busy, try again later"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 

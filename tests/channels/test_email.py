@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ccm.channels.base import PermanentDeliveryError, TransientDeliveryError
+from ccm.channels.base import Attachment, PermanentDeliveryError, TransientDeliveryError
 from ccm.channels.email import (
-    EmailAttachment,
     EmlFileTransport,
     OutgoingEmail,
     SmtpTransport,
@@ -99,7 +98,7 @@ def test_marketing_mail_carries_rfc_8058_headers(sink: SmtpSink, transport: Smtp
 
 def test_a_letter_attached(sink: SmtpSink, transport: SmtpTransport) -> None:
     pdf = b"%PDF-1.7\n% a letter\n"
-    send(transport, outgoing(attachments=(EmailAttachment("claim-decision.pdf", "application/pdf", pdf),)))
+    send(transport, outgoing(attachments=(Attachment("claim-decision.pdf", "application/pdf", pdf),)))
     mime = parsed(sink.handler.messages[0].data)
     assert mime.get_content_type() == "multipart/mixed"
     [attachment] = list(mime.iter_attachments())

@@ -1,0 +1,383 @@
+"""Delivering one delivery: render its channel's part with the pinned version, prepare the channel's output,
+store it as the artifact, send it, record what happened.
+
+The artifact is stored (and its hash logged) before the send; a retry sends the stored bytes again, so what
+the log says was sent is what was sent, and an email keeps its Message-ID. A delivery no longer pending is
+never sent again. Adapters raise TransientDeliveryError (the delivery stays pending, its attempt counted, the
+error raised again for the caller to retry) or PermanentDeliveryError (the delivery fails).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ccm import audit
+from ccm.channels import Channel
+from ccm.channels.artifacts import ArtifactStore
+from ccm.channels.base import (
+    Attachment,
+    ChannelAdapter,
+    DeliveryError,
+    Envelope,
+    PermanentDeliveryError,
+    Prepared,
+    Sent,
+    TransientDeliveryError,
+)
+from ccm.channels.email import EmailAdapter, make_transport
+from ccm.channels.models import ProviderCallback
+from ccm.channels.portal import PortalAdapter
+from ccm.channels.print import AddressPlacementError, LetterTooLarge, PrintAdapter, letter
+from ccm.channels.sms import SmsAdapter, make_sms_sender
+from ccm.communications import service
+from ccm.communications.models import Communication, Delivery
+from ccm.communications.status import TWILIO_STATUSES, DeliveryStatus
+from ccm.config import Settings
+from ccm.customers.models import Customer
+from ccm.customers.unsubscribe import unsubscribe_url
+from ccm.db import Database
+from ccm.errors import CCMError
+from ccm.templates_engine import service as templates
+from ccm.templates_engine.models import Template, TemplateVersion
+from ccm.templates_engine.preview import customer_context, message_context
+from ccm.templates_engine.render import LoadedVersion, RenderContext, TemplateEngine
+from ccm.templates_engine.sandbox import RenderLimitError
+
+SYSTEM = "system:delivery"
+
+
+def make_adapters(settings: Settings, database: Database) -> dict[Channel, ChannelAdapter]:
+    """The channel registry, built from settings: SMTP or .eml files, Twilio or recorded SMS."""
+    base = str(settings.public_base_url).rstrip("/")
+    return {
+        Channel.email: EmailAdapter(make_transport(settings), sender=settings.email_from),
+        Channel.sms: SmsAdapter(
+            make_sms_sender(settings),
+            max_segments=settings.sms_max_segments,
+            status_callback=f"{base}/webhooks/twilio/status" if settings.twilio_configured else None,
+        ),
+        Channel.print: PrintAdapter(settings),
+        Channel.portal: PortalAdapter(database),
+    }
+
+
+@dataclass(frozen=True)
+class _Job:
+    delivery: Delivery
+    communication: Communication
+    template: Template
+    version: LoadedVersion
+    customer: dict[str, Any]
+
+
+class Deliverer:
+    def __init__(
+        self,
+        *,
+        database: Database,
+        settings: Settings,
+        engine: TemplateEngine,
+        adapters: Mapping[Channel, ChannelAdapter],
+        artifacts: ArtifactStore,
+    ) -> None:
+        self.database = database
+        self.settings = settings
+        self.engine = engine
+        self.adapters = adapters
+        self.artifacts = artifacts
+
+    def deliver(self, delivery_id: str) -> DeliveryStatus:
+        """Send one delivery if it is still pending; answers its status afterwards."""
+        with self.database.read() as session:
+            delivery = service.get_delivery(session, delivery_id)
+            if delivery.status != DeliveryStatus.pending.value:
+                return DeliveryStatus(delivery.status)
+            job = self._job(session, delivery)
+        channel = Channel(job.delivery.channel)
+        adapter = self.adapters[channel]
+        try:
+            envelope = self._envelope(job, channel)
+            prepared = self._prepared(job, adapter, envelope)
+            sent = adapter.send(envelope, prepared)
+        except TransientDeliveryError as exc:
+            self._attempt_failed(delivery_id, exc)
+            raise
+        except PermanentDeliveryError as exc:
+            return self._failed(delivery_id, exc)
+        return self._sent(delivery_id, sent)
+
+    # --- steps ---------------------------------------------------------------------------------------------
+
+    def _job(self, session: Session, delivery: Delivery) -> _Job:
+        communication = session.get_one(Communication, delivery.communication_id)
+        template = session.get_one(Template, communication.template_id)
+        version = session.get_one(TemplateVersion, communication.template_version_id)
+        customer = session.get_one(Customer, communication.customer_id)
+        return _Job(
+            delivery=delivery,
+            communication=communication,
+            template=template,
+            version=templates.loaded(session, template, version),
+            customer=customer_context(session, customer),
+        )
+
+    def _context(self, job: _Job) -> RenderContext:
+        external_id = str(job.customer["external_id"])
+        return RenderContext(
+            customer=job.customer,
+            data=job.communication.data,
+            message=message_context(
+                self.settings,
+                job.communication.id,
+                external_id=external_id,
+                date=job.communication.created_at.date(),
+            ),
+            locale=job.communication.locale,
+            timezone=str(job.customer.get("timezone") or "UTC"),
+        )
+
+    def _render(self, job: _Job, channel: Channel) -> tuple[dict[str, str], str]:
+        rendered = self.engine.render_channel(job.version, channel, self._context(job))
+        if rendered.problems:
+            problem = rendered.problems[0]
+            where = problem.part + (f" line {problem.line}" if problem.line else "")
+            raise PermanentDeliveryError(f"the template did not render: {where}: {problem.message}")
+        return rendered.fields, rendered.locale
+
+    def _letter(self, job: _Job) -> Attachment:
+        fields, locale = self._render(job, Channel.print)
+        css, page_size = job.version.letter_style(job.communication.locale)
+        try:
+            pdf = letter(
+                self.settings,
+                fields.get("html", ""),
+                css=css,
+                page_size=page_size,
+                title=job.template.name,
+                language=locale,
+            )
+        except (AddressPlacementError, LetterTooLarge, RenderLimitError) as exc:
+            raise PermanentDeliveryError(f"the letter could not be made: {exc}") from None
+        return Attachment(f"{job.template.key}.pdf", "application/pdf", pdf.content, pdf.pages)
+
+    def _envelope(self, job: _Job, channel: Channel) -> Envelope:
+        if job.delivery.artifact_sha256 is not None:
+            # Already prepared: the stored artifact is what gets sent; nothing is rendered again.
+            fields: dict[str, str] = {}
+            locale = job.communication.locale
+        else:
+            fields, locale = self._render(job, channel)
+        attachments: tuple[Attachment, ...] = ()
+        has_letter = Channel.print.value in job.version.content.get("parts", {})
+        wants_letter = channel is Channel.portal or job.communication.options.get("attach_letter", False)
+        if (
+            has_letter
+            and wants_letter
+            and channel is not Channel.print
+            and job.delivery.artifact_sha256 is None
+        ):
+            attachments = (self._letter(job),)
+        css, page_size = job.version.letter_style(job.communication.locale)
+        marketing = service.is_marketing(job.communication)
+        return Envelope(
+            delivery_id=job.delivery.id,
+            channel=channel,
+            customer=job.customer,
+            recipient=job.delivery.recipient,
+            fields=fields,
+            locale=locale,
+            title=job.template.name,
+            marketing=marketing,
+            message_id=job.delivery.message_id,
+            unsubscribe_url=(
+                unsubscribe_url(self.settings, external_id=str(job.customer["external_id"]), channel=channel)
+                if marketing
+                else None
+            ),
+            css=css,
+            page_size=page_size,
+            attachments=attachments,
+        )
+
+    def _prepared(self, job: _Job, adapter: ChannelAdapter, envelope: Envelope) -> Prepared:
+        delivery = job.delivery
+        if delivery.artifact_sha256 is not None:
+            stored = delivery.details.get("attachments", [])
+            return Prepared(
+                content=self.artifacts.get(delivery.artifact_sha256),
+                media_type=delivery.media_type or "application/octet-stream",
+                details=dict(delivery.details),
+                attachments=tuple(
+                    Attachment(
+                        a["filename"], a["media_type"], self.artifacts.get(a["sha256"]), a.get("pages")
+                    )
+                    for a in stored
+                ),
+            )
+        prepared = adapter.prepare(envelope)
+        artifact = self.artifacts.put(prepared.content)
+        attachments = []
+        for attachment in prepared.attachments:
+            stored_attachment = self.artifacts.put(attachment.content)
+            attachments.append(
+                {
+                    "filename": attachment.filename,
+                    "media_type": attachment.media_type,
+                    "sha256": stored_attachment.sha256,
+                    "size": stored_attachment.size,
+                    "pages": attachment.pages,
+                }
+            )
+        details = {**prepared.details, **({"attachments": attachments} if attachments else {})}
+        with self.database.transaction() as session:
+            row = service.get_delivery(session, delivery.id, for_update=True)
+            if row.artifact_sha256 is None:
+                row.artifact_sha256 = artifact.sha256
+                row.artifact_size = artifact.size
+                row.media_type = prepared.media_type
+                row.details = details
+                audit.append(
+                    session,
+                    actor=SYSTEM,
+                    action="delivery.rendered",
+                    subject_type="delivery",
+                    subject_id=row.id,
+                    payload={
+                        "communication": row.communication_id,
+                        "channel": row.channel,
+                        "artifact": artifact.sha256,
+                        "size": artifact.size,
+                        "media_type": prepared.media_type,
+                        "details": details,
+                    },
+                )
+        return Prepared(prepared.content, prepared.media_type, details, prepared.attachments)
+
+    def _attempt_failed(self, delivery_id: str, error: TransientDeliveryError) -> None:
+        with self.database.transaction() as session:
+            delivery = service.get_delivery(session, delivery_id, for_update=True)
+            delivery.attempts += 1
+            delivery.last_error = str(error)[:500]
+            audit.append(
+                session,
+                actor=SYSTEM,
+                action="delivery.attempt_failed",
+                subject_type="delivery",
+                subject_id=delivery_id,
+                payload=_error_payload(delivery, error, retry_after=error.retry_after),
+            )
+
+    def _failed(self, delivery_id: str, error: PermanentDeliveryError) -> DeliveryStatus:
+        with self.database.transaction() as session:
+            delivery = service.get_delivery(session, delivery_id, for_update=True)
+            delivery.attempts += 1
+            delivery.last_error = str(error)[:500]
+            service.move(
+                session,
+                delivery,
+                DeliveryStatus.failed,
+                actor=SYSTEM,
+                payload=_error_payload(delivery, error),
+            )
+            return DeliveryStatus(delivery.status)
+
+    def _sent(self, delivery_id: str, sent: Sent) -> DeliveryStatus:
+        with self.database.transaction() as session:
+            delivery = service.get_delivery(session, delivery_id, for_update=True)
+            delivery.attempts += 1
+            delivery.last_error = None
+            delivery.provider_id = sent.provider_id
+            if sent.details:
+                delivery.details = {**delivery.details, **sent.details}
+            service.move(
+                session, delivery, sent.status, actor=SYSTEM, payload={"provider_id": sent.provider_id}
+            )
+            if sent.provider_id and delivery.channel == Channel.sms.value:
+                apply_early_callbacks(session, delivery)
+            if delivery.channel == Channel.portal.value:
+                self._portal_notice(session, delivery, sent)
+            return DeliveryStatus(delivery.status)
+
+    def _portal_notice(self, session: Session, delivery: Delivery, sent: Sent) -> None:
+        """When asked ({"portal_notice": ["email"]}), tell the customer a message is waiting in their portal:
+        a communication of its own (template CCM_PORTAL_NOTICE_TEMPLATE), made with the portal message."""
+        communication = session.get_one(Communication, delivery.communication_id)
+        channels = communication.options.get("portal_notice") or []
+        if not channels:
+            return
+        customer = session.get_one(Customer, delivery.customer_id)
+        title = str(delivery.details.get("title") or "")
+        try:
+            with session.begin_nested():
+                service.create_communication(
+                    session,
+                    self.settings,
+                    template_key=self.settings.portal_notice_template,
+                    customer=customer,
+                    data={"title": title},
+                    channels=[Channel(c) for c in channels],
+                    actor=SYSTEM,
+                    parent_id=communication.id,
+                )
+        except CCMError as exc:
+            # The portal message is delivered; the notice could not be made. Said in the log, not hidden.
+            audit.append(
+                session,
+                actor=SYSTEM,
+                action="communication.notice_failed",
+                subject_type="communication",
+                subject_id=communication.id,
+                payload={"portal_message": sent.provider_id, "channels": channels, "error": str(exc)},
+            )
+
+
+def _error_payload(delivery: Delivery, error: DeliveryError, **extra: Any) -> dict[str, Any]:
+    return {
+        "attempt": delivery.attempts,
+        "error": str(error),
+        "provider_code": error.provider_code,
+        **{k: v for k, v in extra.items() if v is not None},
+    }
+
+
+def apply_callback(session: Session, delivery: Delivery, callback: ProviderCallback) -> bool:
+    """Apply a provider's status callback to its delivery, if it moves it forward."""
+    status = TWILIO_STATUSES.get(callback.status or "")
+    callback.delivery_id = delivery.id
+    if status is None:
+        return False
+    payload: dict[str, Any] = {"provider_id": callback.provider_id, "provider_status": callback.status}
+    if callback.params.get("ErrorCode"):
+        payload["provider_code"] = callback.params["ErrorCode"]
+    callback.applied = service.move(session, delivery, status, actor="provider:twilio", payload=payload)
+    return callback.applied
+
+
+def apply_early_callbacks(session: Session, delivery: Delivery) -> None:
+    """Twilio may call back before the send is recorded: those callbacks, kept unmatched, apply now."""
+    early = session.scalars(
+        select(ProviderCallback)
+        .where(ProviderCallback.provider_id == delivery.provider_id, ProviderCallback.delivery_id.is_(None))
+        .order_by(ProviderCallback.id)
+    )
+    for callback in early:
+        apply_callback(session, delivery, callback)
+
+
+def artifact_store(settings: Settings) -> ArtifactStore:
+    return ArtifactStore(settings.data_dir / "artifacts")
+
+
+def make_deliverer(database: Database, settings: Settings, engine: TemplateEngine) -> Deliverer:
+    return Deliverer(
+        database=database,
+        settings=settings,
+        engine=engine,
+        adapters=make_adapters(settings, database),
+        artifacts=artifact_store(settings),
+    )
