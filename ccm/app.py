@@ -14,6 +14,7 @@ import ccm
 from ccm import problems
 from ccm.audit.router import router as audit_router
 from ccm.auth.router import router as keys_router
+from ccm.channels.router import router as print_router
 from ccm.channels.webhooks import router as twilio_router
 from ccm.config import Settings, get_settings
 from ccm.customers.router import router as customers_router
@@ -79,5 +80,6 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.include_router(templates_router)
     app.include_router(unsubscribe_router)
     app.include_router(twilio_router)
+    app.include_router(print_router)
     app.include_router(audit_router)
     return app

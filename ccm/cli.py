@@ -21,10 +21,12 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit log.", no_args_is_help=True)
 templates_app = typer.Typer(help="Templates as code.", no_args_is_help=True)
+print_app = typer.Typer(help="Print batches: letters gathered for the print house.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(templates_app, name="templates")
+app.add_typer(print_app, name="print")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -329,6 +331,75 @@ def audit_verify() -> None:
         highlight=False,
     )
     raise typer.Exit(1)
+
+
+@print_app.command("batch")
+def print_batch(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Where to write the batch's PDF and manifest.")
+    ] = Path("."),
+    page_size: Annotated[str | None, typer.Option(help="A4 or Letter (default CCM_PRINT_PAGE_SIZE).")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many letters.")] = 2000,
+) -> None:
+    """Gather the letters waiting for print into one PDF and a manifest CSV, written to --out."""
+    from ccm.channels.print_batches import NothingToPrint, create_batch
+    from ccm.communications.delivery import artifact_store
+    from ccm.db import Database
+
+    settings = _settings()
+    if page_size not in (None, "A4", "Letter"):
+        err.print(f"--page-size must be A4 or Letter, not '{page_size}'", highlight=False)
+        raise typer.Exit(2)
+    database = Database(settings.resolved_database_url)
+    store = artifact_store(settings)
+    try:
+        batch = create_batch(
+            database, store, page_size=page_size or settings.print_page_size, actor=_cli_actor(), limit=limit
+        )
+    except NothingToPrint as exc:
+        out.print(str(exc), highlight=False)
+        return
+    finally:
+        database.dispose()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pdf_path, manifest_path = out_dir / f"print-batch-{batch.id}.pdf", out_dir / f"print-batch-{batch.id}.csv"
+    pdf_path.write_bytes(store.get(batch.pdf_sha256))
+    manifest_path.write_bytes(store.get(batch.manifest_sha256))
+    out.print(
+        f"print batch {batch.id}: {batch.letters} letters, {batch.pages} pages on {batch.sheets} sheets "
+        "(duplex)\n"
+        f"  {pdf_path}\n  {manifest_path}\n"
+        f"When the print house has it: ccm print handed {batch.id}",
+        highlight=False,
+    )
+
+
+def _advance_batch(batch_id: str, to: str) -> None:
+    from ccm.channels.print_batches import BatchStatus, advance_batch
+    from ccm.db import Database
+    from ccm.errors import CCMError
+
+    database = Database(_settings().resolved_database_url)
+    try:
+        batch = advance_batch(database, batch_id, BatchStatus(to), actor=_cli_actor())
+    except CCMError as exc:
+        err.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+    finally:
+        database.dispose()
+    out.print(f"print batch {batch.id} is {batch.status}: {batch.letters} letters", highlight=False)
+
+
+@print_app.command("handed")
+def print_handed(batch_id: Annotated[str, typer.Argument(help="The batch's id.")]) -> None:
+    """Record that a batch went to the print house: its letters are sent."""
+    _advance_batch(batch_id, "handed")
+
+
+@print_app.command("confirmed")
+def print_confirmed(batch_id: Annotated[str, typer.Argument(help="The batch's id.")]) -> None:
+    """Record the print house's confirmation: its letters are delivered."""
+    _advance_batch(batch_id, "confirmed")
 
 
 def main() -> None:

@@ -169,6 +169,11 @@ class LetterTooLarge(ValueError):
     pass
 
 
+def page_size_of(settings: Settings, page_size: str | None) -> PageSize:
+    """A template's page size, or the service's (CCM_PRINT_PAGE_SIZE)."""
+    return "Letter" if (page_size or settings.print_page_size) == "Letter" else "A4"
+
+
 def letter(
     settings: Settings,
     html: str,
@@ -186,7 +191,7 @@ def letter(
             f"the letter's HTML has {len(html)} characters; letters may have {settings.print_max_html} "
             "(CCM_PRINT_MAX_HTML)"
         )
-    size: PageSize = "Letter" if (page_size or settings.print_page_size) == "Letter" else "A4"
+    size = page_size_of(settings, page_size)
     return run_with_time_limit(
         lambda: render_pdf(
             html,
@@ -230,7 +235,14 @@ class PrintAdapter:
         return Prepared(
             content=pdf.content,
             media_type="application/pdf",
-            details={"pages": pdf.pages, "sheets": pdf.sheets},
+            details={
+                "pages": pdf.pages,
+                "sheets": pdf.sheets,
+                "page_size": page_size_of(self.settings, envelope.page_size),
+                # Print houses sort by destination for postage: kept as printed, not as the profile changes.
+                "postal_code": address.get("postal_code") or "",
+                "country": address.get("country") or "",
+            },
         )
 
     def send(self, envelope: Envelope, prepared: Prepared) -> Sent:

@@ -37,6 +37,8 @@ PUBLIC = {
 AUTHORS = frozenset({Role.admin, Role.author})
 APPROVERS = frozenset({Role.admin, Role.approver})
 REVIEWERS = frozenset({*AUTHORS, *APPROVERS, Role.auditor})
+PRINT_OPERATORS = frozenset({Role.admin, Role.sender})
+PRINT_READERS = frozenset({*PRINT_OPERATORS, Role.auditor})
 
 # route -> (roles let through, the status those roles get for the request made below)
 ROLES: dict[tuple[str, str], tuple[frozenset[Role], int]] = {
@@ -65,6 +67,14 @@ ROLES: dict[tuple[str, str], tuple[frozenset[Role], int]] = {
     ("GET", "/v1/templates/{key}/versions/{number}/diff"): (REVIEWERS, 200),
     ("GET", "/v1/templates/{key}/usage"): (REVIEWERS, 200),
     ("POST", "/v1/templates/{key}/preview"): (frozenset({*AUTHORS, *APPROVERS}), 200),
+    # No letter waits for print here (409), and the batch id below does not exist (404).
+    ("POST", "/v1/print-batches"): (PRINT_OPERATORS, 409),
+    ("GET", "/v1/print-batches"): (PRINT_READERS, 200),
+    ("GET", "/v1/print-batches/{batch_id}"): (PRINT_READERS, 404),
+    ("GET", "/v1/print-batches/{batch_id}/pdf"): (PRINT_READERS, 404),
+    ("GET", "/v1/print-batches/{batch_id}/manifest"): (PRINT_READERS, 404),
+    ("POST", "/v1/print-batches/{batch_id}/handed"): (PRINT_OPERATORS, 404),
+    ("POST", "/v1/print-batches/{batch_id}/confirmed"): (PRINT_OPERATORS, 404),
 }
 
 # Each role works on a template of its own, whose versions are in the states the calls need:
@@ -95,6 +105,7 @@ def url_for(path: str, role: Role) -> str:
     values = {
         "external_id": "CUST-ROLES",
         "key_id": "00000000-0000-0000-0000-000000000000",
+        "batch_id": "00000000-0000-0000-0000-000000000000",
         "key": f"roles_{role.value}",
         "number": VERSION_FOR.get(verb, 1),
     }
