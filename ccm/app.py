@@ -25,6 +25,7 @@ from ccm.middleware import RequestContextMiddleware, RequestGuard
 from ccm.templates_engine.render import TemplateEngine
 from ccm.templates_engine.router import router as templates_router
 from ccm.templates_engine.service import make_engine, warm_live_versions
+from ccm.web.portal import router as portal_router
 from ccm.worker import EmbeddedWorker, configure_broker
 
 log = logging.getLogger(__name__)
@@ -81,5 +82,6 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.include_router(unsubscribe_router)
     app.include_router(twilio_router)
     app.include_router(print_router)
+    app.include_router(portal_router)
     app.include_router(audit_router)
     return app

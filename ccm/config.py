@@ -75,6 +75,9 @@ class Settings(BaseSettings):
         default=None, description="pdf/a-3b: letters as PDF/A-3b, for archiving."
     )
 
+    brand_name: str = Field(
+        default="ccm", max_length=100, description="Shown on the customer portal's pages."
+    )
     portal_link_days: int = Field(
         default=30, ge=1, le=366, description="How long a customer's portal link stays valid, in days."
     )

@@ -33,8 +33,16 @@ _SALT = "ccm.portal.v1"
 _URL_SCHEMES = {"https", "mailto", "tel", "data"}
 
 
+def _no_remote_images(tag: str, attribute: str, value: str) -> str | None:
+    if tag == "img" and attribute in {"src", "srcset"} and not value.strip().lower().startswith("data:"):
+        return None
+    return value
+
+
 def sanitize(html: str) -> str:
-    return nh3.clean(html, url_schemes=_URL_SCHEMES, link_rel="noopener noreferrer")
+    return nh3.clean(
+        html, url_schemes=_URL_SCHEMES, link_rel="noopener noreferrer", attribute_filter=_no_remote_images
+    )
 
 
 class LinkExpired(CCMError):

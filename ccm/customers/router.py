@@ -6,11 +6,13 @@ import datetime as dt
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Response, status
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BaseModel
 
-from ccm.auth.deps import DatabaseDep, require
+from ccm import audit
+from ccm.auth.deps import DatabaseDep, SettingsDep, require
 from ccm.auth.models import Role
 from ccm.auth.service import Principal
+from ccm.channels import portal
 from ccm.customers import service
 from ccm.customers.schemas import (
     EXTERNAL_ID_PATTERN,
@@ -24,6 +26,7 @@ from ccm.customers.schemas import (
     normalize_locale,
     normalize_phone,
 )
+from ccm.db import utcnow
 from ccm.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor, next_cursor
 
 router = APIRouter(tags=["customers"])
@@ -127,3 +130,31 @@ def consent_history(
             items=[ConsentChangeOut.model_validate(row) for row in rows],
             next_cursor=next_cursor(CONSENT_HISTORY, last_id),
         )
+
+
+class PortalLinkOut(BaseModel):
+    url: str
+    expires_at: dt.datetime
+
+
+@router.post("/v1/customers/{external_id}/portal-link", response_model=PortalLinkOut)
+def portal_link(
+    external_id: ExternalId, database: DatabaseDep, settings: SettingsDep, principal: ConsentWriter
+) -> PortalLinkOut:
+    """A signed link to the customer's portal inbox, for an agent or a back-office system to hand on.
+    It expires after CCM_PORTAL_LINK_DAYS; issuing it is logged."""
+    with database.transaction() as session:
+        service.get_customer(session, external_id=external_id)
+        issued = utcnow()
+        audit.append(
+            session,
+            actor=principal.actor,
+            action="customer.portal_link_issued",
+            subject_type="customer",
+            subject_id=external_id,
+            payload={"valid_days": settings.portal_link_days},
+        )
+    return PortalLinkOut(
+        url=portal.portal_link(settings, external_id=external_id),
+        expires_at=issued + dt.timedelta(days=settings.portal_link_days),
+    )

@@ -32,6 +32,10 @@ PUBLIC = {
     # Twilio's webhooks are checked by their signature instead: unsigned, they are refused.
     ("POST", "/webhooks/twilio/status"): 403,
     ("POST", "/webhooks/twilio/inbound"): 403,
+    # The portal's pages are reached through a customer's signed link; a made-up one is not found.
+    ("GET", "/portal/{token}"): 404,
+    ("GET", "/portal/{token}/messages/{message_id}"): 404,
+    ("GET", "/portal/{token}/messages/{message_id}/documents/{document_id}"): 404,
 }
 
 AUTHORS = frozenset({Role.admin, Role.author})
@@ -52,6 +56,10 @@ ROLES: dict[tuple[str, str], tuple[frozenset[Role], int]] = {
     ("PUT", "/v1/customers/{external_id}/consents"): (frozenset({Role.admin, Role.sender, Role.agent}), 200),
     ("GET", "/v1/customers/{external_id}/consents"): (READERS, 200),
     ("GET", "/v1/customers/{external_id}/consents/history"): (READERS, 200),
+    ("POST", "/v1/customers/{external_id}/portal-link"): (
+        frozenset({Role.admin, Role.sender, Role.agent}),
+        200,
+    ),
     ("GET", "/v1/audit/verify"): (frozenset({Role.admin, Role.auditor}), 200),
     ("POST", "/v1/templates"): (AUTHORS, 201),
     ("GET", "/v1/templates"): (ALL, 200),
@@ -186,4 +194,5 @@ def test_every_route_for_every_role(
 @pytest.mark.parametrize("route", sorted(PUBLIC), ids=lambda r: f"{r[0]} {r[1]}")
 def test_public_routes_need_no_key(client: TestClient, route: tuple[str, str]) -> None:
     method, path = route
-    assert client.request(method, path.format(token="made-up")).status_code == PUBLIC[route]
+    url = path.format(token="made-up", message_id="made-up", document_id="made-up")
+    assert client.request(method, url).status_code == PUBLIC[route]

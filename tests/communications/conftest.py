@@ -87,6 +87,11 @@ class Sender:
             )
             return [d.id for d in service.deliveries_of(session, communication.id)]
 
+    def create_for(self, communication_id: str) -> list[str]:
+        """The deliveries of a communication made by ccm itself (a portal notice)."""
+        with self.database.read() as session:
+            return [d.id for d in service.deliveries_of(session, communication_id)]
+
     def send(self, *args: Any, **kwargs: Any) -> Delivery:
         [delivery_id] = self.create(*args, **kwargs)
         self.deliverer.deliver(delivery_id)
