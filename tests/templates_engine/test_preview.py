@@ -167,6 +167,7 @@ def test_every_starter_template_previews_on_every_channel(starter: TestClient, a
         "claim_decision",
         "one_time_passcode",
         "marketing_offer",
+        "portal_notice",
     }
     customers: list[Any] = [None, *(c["external_id"] for c in demo_customers())]
     for template in communications:
