@@ -23,6 +23,7 @@ from ccm.db import Database
 from ccm.demo import load_demo
 from ccm.templates_engine.service import make_engine
 from ccm.templates_engine.sync import publish_all, sync
+from tests.channels.fake_twilio import FakeTwilio
 from tests.channels.smtp_sink import SmtpSink
 from tests.pgcluster import PostgresCluster, find_postgres_bindir
 
@@ -103,40 +104,34 @@ def demo_template_database(
     return result
 
 
-@pytest.fixture
-def demo_database_url(
-    backend: str, demo_template_database: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[str]:
+def _copy_of(backend: str, template: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh database for one test, copied from a template database (a file, or a PostgreSQL template)."""
     if backend == "sqlite":
         path = tmp_path / "ccm.db"
-        shutil.copyfile(demo_template_database, path)
+        shutil.copyfile(template, path)
         yield f"sqlite:///{path}"
         return
     cluster: PostgresCluster = request.getfixturevalue("postgres")
     name = f"ccm_test_{next(_database_numbers)}"
-    cluster.create_database(name, template=demo_template_database)
+    cluster.create_database(name, template=template)
     try:
         yield cluster.url(name)
     finally:
         cluster.drop_database(name)
+
+
+@pytest.fixture
+def demo_database_url(
+    backend: str, demo_template_database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    yield from _copy_of(backend, demo_template_database, tmp_path, request)
 
 
 @pytest.fixture
 def database_url(
     backend: str, template_database: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[str]:
-    if backend == "sqlite":
-        path = tmp_path / "ccm.db"
-        shutil.copyfile(template_database, path)
-        yield f"sqlite:///{path}"
-        return
-    cluster: PostgresCluster = request.getfixturevalue("postgres")
-    name = f"ccm_test_{next(_database_numbers)}"
-    cluster.create_database(name, template=template_database)
-    try:
-        yield cluster.url(name)
-    finally:
-        cluster.drop_database(name)
+    yield from _copy_of(backend, template_database, tmp_path, request)
 
 
 @pytest.fixture
@@ -172,6 +167,16 @@ def sink() -> Iterator[SmtpSink]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def twilio() -> Iterator[FakeTwilio]:
+    """A local fake of Twilio's REST API, for the real Twilio SDK to talk to."""
+    fake = FakeTwilio().start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,6 @@ from ccm.config import Settings
 from tests.channels.fake_twilio import ACCOUNT_SID, AUTH_TOKEN, FakeTwilio
 
 CALLBACK = "https://ccm.example/webhooks/twilio/status"
-
-
-@pytest.fixture
-def twilio() -> Iterator[FakeTwilio]:
-    fake = FakeTwilio().start()
-    try:
-        yield fake
-    finally:
-        fake.stop()
 
 
 def settings_for(fake: FakeTwilio, tmp_path: Path, **overrides: object) -> Settings:

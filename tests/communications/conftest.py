@@ -31,15 +31,6 @@ def database_url(demo_database_url: str) -> str:
 
 
 @pytest.fixture
-def twilio() -> Iterator[FakeTwilio]:
-    fake = FakeTwilio().start()
-    try:
-        yield fake
-    finally:
-        fake.stop()
-
-
-@pytest.fixture
 def settings(settings: Settings, sink: SmtpSink, twilio: FakeTwilio) -> Settings:
     """The test settings with every channel pointed at a real local counterpart."""
     return Settings(
