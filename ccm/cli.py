@@ -339,7 +339,9 @@ def print_batch(
         Path, typer.Option("--out", help="Where to write the batch's PDF and manifest.")
     ] = Path("."),
     page_size: Annotated[str | None, typer.Option(help="A4 or Letter (default CCM_PRINT_PAGE_SIZE).")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many letters.")] = 2000,
+    limit: Annotated[
+        int, typer.Option(min=1, max=5000, help="At most this many letters (oldest first).")
+    ] = 1000,
 ) -> None:
     """Gather the letters waiting for print into one PDF and a manifest CSV, written to --out."""
     from ccm.channels.print_batches import NothingToPrint, create_batch
@@ -363,8 +365,8 @@ def print_batch(
         database.dispose()
     out_dir.mkdir(parents=True, exist_ok=True)
     pdf_path, manifest_path = out_dir / f"print-batch-{batch.id}.pdf", out_dir / f"print-batch-{batch.id}.csv"
-    pdf_path.write_bytes(store.get(batch.pdf_sha256))
-    manifest_path.write_bytes(store.get(batch.manifest_sha256))
+    pdf_path.write_bytes(store.get(batch.pdf_sha256 or ""))
+    manifest_path.write_bytes(store.get(batch.manifest_sha256 or ""))
     out.print(
         f"print batch {batch.id}: {batch.letters} letters, {batch.pages} pages on {batch.sheets} sheets "
         "(duplex)\n"

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     brand_name: str = Field(
         default="ccm", max_length=100, description="Shown on the customer portal's pages."
     )
+    delivery_lease: int = Field(
+        default=300, ge=10, le=3600, description="Seconds a worker holds a delivery it is sending."
+    )
     portal_link_days: int = Field(
         default=30, ge=1, le=366, description="How long a customer's portal link stays valid, in days."
     )

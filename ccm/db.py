@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import JSON, Connection, DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import JSON, Connection, DateTime, Engine, MetaData, create_engine, event, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -135,3 +135,10 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def lock_name(session: Session, name: str) -> None:
+    """Serialise transactions on a name until this one ends: a PostgreSQL advisory lock. SQLite needs none:
+    its write transactions (BEGIN IMMEDIATE) already run one at a time."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": name})

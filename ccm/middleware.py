@@ -15,6 +15,14 @@ from ccm.problems import problem_response
 
 log = logging.getLogger("ccm.requests")
 
+# Customers' links carry their credential in the path: a log line must not hand it to whoever reads logs.
+_SIGNED_LINK = re.compile(r"^/(portal|unsubscribe)/[^/?]+")
+
+
+def redact_path(path: str) -> str:
+    return _SIGNED_LINK.sub(r"/\1/<token>", path)
+
+
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
 
 
@@ -53,7 +61,7 @@ class RequestContextMiddleware:
             log.info(
                 "%s %s %s %.1fms key=%s request_id=%s",
                 scope["method"],
-                raw_path.decode("ascii", "backslashreplace"),
+                redact_path(raw_path.decode("ascii", "backslashreplace")),
                 status,
                 (time.perf_counter() - started) * 1000,
                 principal.key_id if principal is not None else "-",

@@ -13,6 +13,7 @@ reused across sends and reopened when it has dropped.
 from __future__ import annotations
 
 import contextlib
+import email.errors
 import email.policy
 import email.utils
 import os
@@ -22,6 +23,7 @@ import ssl
 import tempfile
 import threading
 from dataclasses import dataclass, field
+from email.headerregistry import Address
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Protocol
@@ -80,7 +82,13 @@ def build_mime(message: OutgoingEmail, *, sender: str) -> bytes:
     )
     mime = EmailMessage(policy=email.policy.SMTP)
     mime["From"] = sender
-    mime["To"] = email.utils.formataddr((message.to_name or "", message.to_address))
+    # An Address object, not formatted text: a name like 'Zoë <boss@evil.example>' or 'A, b@c.example' must
+    # stay a display name, never become a second addressee when the header is parsed.
+    local, _, domain = message.to_address.rpartition("@")
+    try:
+        mime["To"] = Address(display_name=message.to_name or "", username=local, domain=domain)
+    except (ValueError, IndexError, email.errors.HeaderParseError) as exc:
+        raise PermanentDeliveryError(f"the recipient address cannot go in a header: {exc}") from None
     mime["Subject"] = message.subject
     mime["Date"] = email.utils.formatdate(usegmt=True)
     mime["Message-ID"] = message.message_id
@@ -254,6 +262,11 @@ class EmailAdapter:
             raise PermanentDeliveryError("the customer has no email address")
         if not envelope.message_id:
             raise PermanentDeliveryError("an email delivery needs its Message-ID")
+        if not envelope.recipient.isascii():
+            # jöhn@exämple.com needs SMTPUTF8 (RFC 6531), which ccm does not speak to relays yet.
+            raise PermanentDeliveryError(
+                "the email address is not plain ASCII: it needs an SMTPUTF8 mail server"
+            )
         fields = envelope.fields
         mime = build_mime(
             OutgoingEmail(

@@ -32,7 +32,8 @@ class ProviderCallback(Base):
 
 
 class PrintBatch(Base):
-    """Pending letters gathered into one print-ready PDF and a manifest; created -> handed -> confirmed."""
+    """Pending letters gathered into one print-ready PDF and a manifest; building -> created -> handed ->
+    confirmed."""
 
     __tablename__ = "print_batches"
 
@@ -42,8 +43,8 @@ class PrintBatch(Base):
     letters: Mapped[int] = mapped_column(Integer)
     pages: Mapped[int] = mapped_column(Integer)
     sheets: Mapped[int] = mapped_column(Integer)
-    pdf_sha256: Mapped[str] = mapped_column(String(64))
-    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    pdf_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)  # None while building
+    manifest_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     created_by: Mapped[str] = mapped_column(String(200))
     handed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -21,10 +21,11 @@ from ccm.channels import Channel
 from ccm.channels.base import Envelope, Prepared, Sent
 from ccm.channels.models import PortalDocument, PortalMessage
 from ccm.communications import service as communications
+from ccm.communications.models import Delivery
 from ccm.communications.status import DeliveryStatus
 from ccm.config import Settings
 from ccm.customers.unsubscribe import signing_secret
-from ccm.db import Database, utcnow
+from ccm.db import utcnow
 from ccm.errors import CCMError, NotFound
 
 _SALT = "ccm.portal.v1"
@@ -34,9 +35,11 @@ _URL_SCHEMES = {"https", "mailto", "tel", "data"}
 
 
 def _no_remote_images(tag: str, attribute: str, value: str) -> str | None:
-    if tag == "img" and attribute in {"src", "srcset"} and not value.strip().lower().startswith("data:"):
-        return None
-    return value
+    """data: URLs for images only (never a link to download), and images from nowhere else."""
+    is_data = value.strip().lower().startswith("data:")
+    if tag == "img" and attribute in {"src", "srcset"}:
+        return value if is_data else None
+    return None if is_data else value
 
 
 def sanitize(html: str) -> str:
@@ -64,25 +67,36 @@ def portal_link(settings: Settings, *, external_id: str) -> str:
     return f"{base}/portal/{portal_token(settings, external_id=external_id)}"
 
 
-def read_portal_token(settings: Settings, token: str) -> str:
-    """The customer a link is for. Expired: LinkExpired (403). Forged or damaged: NotFound (404)."""
-    max_age = int(dt.timedelta(days=settings.portal_link_days).total_seconds())
+@dataclass(frozen=True)
+class PortalLink:
+    external_id: str
+    expires_at: dt.datetime
+
+
+def read_portal_link(settings: Settings, token: str) -> PortalLink:
+    """The customer a link is for, and when it stops working. Expired: LinkExpired (403). Forged or
+    damaged: NotFound (404)."""
+    max_age = dt.timedelta(days=settings.portal_link_days)
     try:
-        claims = _serializer(settings).loads(token, max_age=max_age)
-        return str(claims["c"])
+        claims, signed_at = _serializer(settings).loads(
+            token, max_age=int(max_age.total_seconds()), return_timestamp=True
+        )
+        return PortalLink(str(claims["c"]), signed_at + max_age)
     except SignatureExpired:
         raise LinkExpired("this portal link has expired: ask us for a new one") from None
     except (BadSignature, KeyError, TypeError, ValueError):
         raise NotFound("this portal link is not valid") from None
 
 
+def read_portal_token(settings: Settings, token: str) -> str:
+    return read_portal_link(settings, token).external_id
+
+
 class PortalAdapter:
-    """The portal channel: the sanitized HTML is the artifact; sending puts the message in the inbox."""
+    """The portal channel: the sanitized HTML is the artifact. Sending hands nothing to anyone: the message
+    goes into the inbox (put_in_inbox) in the same transaction that records the delivery delivered."""
 
     channel = Channel.portal
-
-    def __init__(self, database: Database) -> None:
-        self.database = database
 
     def prepare(self, envelope: Envelope) -> Prepared:
         title = " ".join((envelope.fields.get("title") or envelope.title).split())[:300]
@@ -94,34 +108,37 @@ class PortalAdapter:
         )
 
     def send(self, envelope: Envelope, prepared: Prepared) -> Sent:
-        with self.database.transaction() as session:
-            message = session.scalars(
-                select(PortalMessage).where(PortalMessage.delivery_id == envelope.delivery_id)
-            ).one_or_none()
-            if message is None:  # a retry after a crash finds the message already there
-                delivery = communications.get_delivery(session, envelope.delivery_id)
-                message = PortalMessage(
-                    customer_id=delivery.customer_id,
-                    delivery_id=delivery.id,
-                    title=str(prepared.details.get("title") or envelope.title),
-                    html_sha256=hashlib.sha256(prepared.content).hexdigest(),
-                    created_at=utcnow(),
-                )
-                session.add(message)
-                session.flush()
-                for attachment in prepared.attachments:
-                    session.add(
-                        PortalDocument(
-                            message_id=message.id,
-                            filename=attachment.filename,
-                            media_type=attachment.media_type,
-                            sha256=hashlib.sha256(attachment.content).hexdigest(),
-                            size=len(attachment.content),
-                            pages=attachment.pages,
-                        )
-                    )
-            message_id = message.id
-        return Sent(status=DeliveryStatus.delivered, provider_id=message_id)
+        return Sent(status=DeliveryStatus.delivered)
+
+
+def put_in_inbox(session: Session, delivery: Delivery, prepared: Prepared, *, title: str) -> str:
+    """The delivery's message in its customer's inbox, with its documents; answers the message's id."""
+    existing = session.scalars(
+        select(PortalMessage.id).where(PortalMessage.delivery_id == delivery.id)
+    ).first()
+    if existing is not None:
+        return existing
+    message = PortalMessage(
+        customer_id=delivery.customer_id,
+        delivery_id=delivery.id,
+        title=title,
+        html_sha256=hashlib.sha256(prepared.content).hexdigest(),
+        created_at=utcnow(),
+    )
+    session.add(message)
+    session.flush()
+    for attachment in prepared.attachments:
+        session.add(
+            PortalDocument(
+                message_id=message.id,
+                filename=attachment.filename,
+                media_type=attachment.media_type,
+                sha256=hashlib.sha256(attachment.content).hexdigest(),
+                size=len(attachment.content),
+                pages=attachment.pages,
+            )
+        )
+    return message.id
 
 
 # --- the inbox ---------------------------------------------------------------------------------------------

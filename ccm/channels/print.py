@@ -59,7 +59,25 @@ _TOLERANCE_MM = 0.5
 
 
 class AddressPlacementError(ValueError):
-    """The letter cannot go in a window envelope: its address block is missing or outside the window."""
+    """The letter cannot go in a window envelope: a page is not of its size, or its address block is missing
+    or outside the window."""
+
+
+# Portrait sheet sizes in millimetres.
+SHEETS = {"A4": (210.0, 297.0), "Letter": (8.5 * _INCH, 11 * _INCH)}
+
+
+def check_page_size(pages: Any, page_size: str) -> None:
+    """Every page is the sheet the letter is printed on: a template's own @page rule cannot make A5 or A3
+    pages that the print house would put in an A4 run."""
+    width, height = SHEETS[page_size]
+    for number, page in enumerate(pages, start=1):
+        actual = (page.width / _MM, page.height / _MM)
+        if abs(actual[0] - width) > 1 or abs(actual[1] - height) > 1:
+            raise AddressPlacementError(
+                f"page {number} is {actual[0]:.0f} x {actual[1]:.0f} mm, not {page_size} "
+                f"({width:.0f} x {height:.0f} mm)"
+            )
 
 
 # WeasyPrint logs every resource it could not load; the URLs come from templates and may carry data.
@@ -107,6 +125,7 @@ def render_pdf(
         stylesheets=stylesheets, font_config=_fonts
     )
     if check_window:
+        check_page_size(document.pages, page_size)
         check_address_window(document.pages[0]._page_box if document.pages else None, WINDOWS[page_size])
     metadata = document.metadata
     if title:
@@ -120,10 +139,17 @@ def render_pdf(
     return Pdf(content=document.write_pdf(pdf_variant=pdf_variant), pages=len(document.pages))
 
 
-def _boxes(box: Any) -> Any:
-    yield box
+def _recipient_text(box: Any, inside: bool = False) -> Any:
+    """The text boxes inside the `.recipient` element, however deeply its lines are nested in it."""
+    inside = inside or "recipient" in _classes(box)
+    if inside and type(box).__name__ == "TextBox":
+        yield box
     for child in getattr(box, "children", ()):
-        yield from _boxes(child)
+        yield from _recipient_text(child, inside)
+
+
+def _has_recipient(box: Any) -> bool:
+    return "recipient" in _classes(box) or any(_has_recipient(c) for c in getattr(box, "children", ()))
 
 
 def _classes(box: Any) -> list[str]:
@@ -133,19 +159,11 @@ def _classes(box: Any) -> list[str]:
 
 def check_address_window(page_box: Any, window: Window) -> None:
     """Every line of text in the first page's `.recipient` block lies inside the window."""
-    texts = []
-    found = False
-    for box in _boxes(page_box) if page_box is not None else ():
-        if "recipient" not in _classes(box) or type(box).__name__ != "TextBox":
-            found = found or "recipient" in _classes(box)
-            continue
-        found = True
-        if box.text.strip():
-            texts.append(box)
-    if not found:
+    if page_box is None or not _has_recipient(page_box):
         raise AddressPlacementError(
             "the letter has no address block (an element with class 'recipient') on its first page"
         )
+    texts = [box for box in _recipient_text(page_box) if box.text.strip()]
     if not texts:
         raise AddressPlacementError("the letter's address block is empty")
     left = min(b.position_x for b in texts) / _MM
@@ -239,7 +257,9 @@ class PrintAdapter:
                 "pages": pdf.pages,
                 "sheets": pdf.sheets,
                 "page_size": page_size_of(self.settings, envelope.page_size),
-                # Print houses sort by destination for postage: kept as printed, not as the profile changes.
+                # As printed, for the print batch's manifest and its sorting by destination (postage), not
+                # as the profile may read by the time the batch is made.
+                "name": str(envelope.customer.get("name") or ""),
                 "postal_code": address.get("postal_code") or "",
                 "country": address.get("country") or "",
             },

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import enum
 import io
+import tempfile
 from dataclasses import dataclass
 
 from pypdf import PdfReader, PdfWriter
@@ -23,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from ccm import audit
 from ccm.channels import Channel
-from ccm.channels.artifacts import ArtifactStore
+from ccm.channels.artifacts import Artifact, ArtifactStore
 from ccm.channels.models import PrintBatch
 from ccm.communications import service as communications
 from ccm.communications.models import Delivery, new_id
@@ -46,7 +47,13 @@ MANIFEST_COLUMNS = (
 )
 
 
+def _cell(value: str) -> str:
+    """A spreadsheet opening the manifest must not run a name like '=HYPERLINK(...)' as a formula."""
+    return "'" + value if value[:1] in {"=", "+", "-", "@", "\t", "\r"} else value
+
+
 class BatchStatus(enum.StrEnum):
+    building = "building"  # letters reserved, the PDF being laid out
     created = "created"
     handed = "handed"  # given to the print house
     confirmed = "confirmed"  # the print house confirmed printing and posting
@@ -63,85 +70,133 @@ class _Letter:
     customer: Customer
 
 
-def _waiting(session: Session, page_size: str, limit: int) -> list[_Letter]:
+def _oldest_waiting(session: Session, page_size: str, limit: int) -> list[str]:
+    """The ids of the `limit` letters of this page size that have waited longest: every letter gets its turn,
+    whatever its postcode."""
     rows = session.execute(
-        select(Delivery, Customer)
-        .join(Customer, Customer.id == Delivery.customer_id)
+        select(Delivery.id, Delivery.details)
         .where(
             Delivery.channel == Channel.print.value,
             Delivery.status == DeliveryStatus.queued.value,
             Delivery.print_batch_id.is_(None),
         )
         .order_by(Delivery.created_at, Delivery.id)
-        .with_for_update(of=Delivery)
-    ).all()
-    letters = [_Letter(d, c) for d, c in rows if d.details.get("page_size", "A4") == page_size]
-    letters.sort(
-        key=lambda x: (x.delivery.details.get("country", ""), x.delivery.details.get("postal_code", ""))
     )
-    return letters[:limit]
+    chosen: list[str] = []
+    for delivery_id, details in rows:
+        if (details or {}).get("page_size", "A4") == page_size:
+            chosen.append(delivery_id)
+            if len(chosen) == limit:
+                break
+    return chosen
 
 
-def create_batch(
-    database: Database, artifacts: ArtifactStore, *, page_size: str, actor: str, limit: int = 10_000
-) -> PrintBatch:
-    """Gather the letters waiting for print (of one page size) into a batch. NothingToPrint if none wait."""
+def _reserve(database: Database, *, page_size: str, actor: str, limit: int) -> tuple[str, list[_Letter]]:
+    """A batch row (building) holding the letters chosen, in a short transaction: two batches made at once
+    never take the same letter, and other writers wait for milliseconds, not for the PDF."""
     with database.transaction() as session:
-        letters = _waiting(session, page_size, limit)
-        if not letters:
-            raise NothingToPrint(f"no {page_size} letters are waiting for print")
-        writer = PdfWriter()
-        manifest = io.StringIO()
-        table = csv.writer(manifest, lineterminator="\r\n")
-        table.writerow(MANIFEST_COLUMNS)
-        total_sheets = 0
-        for sequence, item in enumerate(letters, start=1):
-            delivery = item.delivery
-            reader = PdfReader(io.BytesIO(artifacts.get(delivery.artifact_sha256 or "")))
-            first_page = len(writer.pages) + 1
-            for page in reader.pages:
-                writer.add_page(page)
-            if len(reader.pages) % 2:
-                last = reader.pages[-1].mediabox
-                writer.add_blank_page(width=float(last.width), height=float(last.height))
-            sheets = (len(reader.pages) + 1) // 2
-            total_sheets += sheets
-            table.writerow(
-                [
-                    sequence,
-                    delivery.id,
-                    item.customer.external_id,
-                    item.customer.name,
-                    delivery.recipient or "",
-                    delivery.details.get("postal_code", ""),
-                    delivery.details.get("country", ""),
-                    len(reader.pages),
-                    sheets,
-                    first_page,
-                ]
+        ids = _oldest_waiting(session, page_size, limit)
+        rows = session.execute(
+            select(Delivery, Customer)
+            .join(Customer, Customer.id == Delivery.customer_id)
+            .where(
+                Delivery.id.in_(ids),
+                Delivery.status == DeliveryStatus.queued.value,
+                Delivery.print_batch_id.is_(None),
             )
-        writer.add_metadata({"/Title": f"Print batch ({len(letters)} letters)", "/Producer": "ccm"})
-        pdf = io.BytesIO()
-        writer.write(pdf)
-        stored_pdf = artifacts.put(pdf.getvalue())
-        stored_manifest = artifacts.put(manifest.getvalue().encode())
-
+            .with_for_update(of=Delivery)
+        ).all()
+        if not rows:
+            raise NothingToPrint(f"no {page_size} letters are waiting for print")
         batch = PrintBatch(
             id=new_id(),
-            status=BatchStatus.created.value,
+            status=BatchStatus.building.value,
             page_size=page_size,
-            letters=len(letters),
-            pages=len(writer.pages),
-            sheets=total_sheets,
-            pdf_sha256=stored_pdf.sha256,
-            manifest_sha256=stored_manifest.sha256,
+            letters=len(rows),
+            pages=0,
+            sheets=0,
             created_at=utcnow(),
             created_by=actor,
         )
         session.add(batch)
         session.flush()
+        letters = [_Letter(d, c) for d, c in rows]
         for item in letters:
             item.delivery.print_batch_id = batch.id
+    # Postage: by destination.
+    letters.sort(
+        key=lambda x: (x.delivery.details.get("country", ""), x.delivery.details.get("postal_code", ""))
+    )
+    return batch.id, letters
+
+
+@dataclass(frozen=True)
+class _Built:
+    pdf: Artifact
+    manifest: Artifact
+    pages: int
+    sheets: int
+
+
+def _build(artifacts: ArtifactStore, letters: list[_Letter]) -> _Built:
+    writer = PdfWriter()
+    manifest = io.StringIO()
+    table = csv.writer(manifest, lineterminator="\r\n")
+    table.writerow(MANIFEST_COLUMNS)
+    total_sheets = 0
+    for sequence, item in enumerate(letters, start=1):
+        delivery = item.delivery
+        reader = PdfReader(io.BytesIO(artifacts.get(delivery.artifact_sha256 or "")))
+        first_page = len(writer.pages) + 1
+        for page in reader.pages:
+            writer.add_page(page)
+        if len(reader.pages) % 2:
+            last = reader.pages[-1].mediabox
+            writer.add_blank_page(width=float(last.width), height=float(last.height))
+        sheets = (len(reader.pages) + 1) // 2
+        total_sheets += sheets
+        table.writerow(
+            [
+                sequence,
+                delivery.id,
+                _cell(item.customer.external_id),
+                _cell(delivery.details.get("name") or item.customer.name),
+                _cell(delivery.recipient or ""),
+                _cell(delivery.details.get("postal_code", "")),
+                _cell(delivery.details.get("country", "")),
+                len(reader.pages),
+                sheets,
+                first_page,
+            ]
+        )
+    writer.add_metadata({"/Title": f"Print batch ({len(letters)} letters)", "/Producer": "ccm"})
+    with tempfile.TemporaryFile() as file:
+        writer.write(file)
+        file.seek(0)
+        pdf = artifacts.put(file.read())
+    return _Built(pdf, artifacts.put(manifest.getvalue().encode()), len(writer.pages), total_sheets)
+
+
+def create_batch(
+    database: Database, artifacts: ArtifactStore, *, page_size: str, actor: str, limit: int = 1000
+) -> PrintBatch:
+    """Gather the letters waiting longest (of one page size) into a batch: reserved, then laid out into one
+    PDF and a manifest outside any transaction, then recorded. If the layout fails, the letters are released
+    and no batch remains. NothingToPrint if none wait."""
+    batch_id, letters = _reserve(database, page_size=page_size, actor=actor, limit=limit)
+    try:
+        built = _build(artifacts, letters)
+    except BaseException:
+        with database.transaction() as session:
+            for delivery in session.scalars(select(Delivery).where(Delivery.print_batch_id == batch_id)):
+                delivery.print_batch_id = None
+            session.delete(get_batch(session, batch_id))
+        raise
+    with database.transaction() as session:
+        batch = get_batch(session, batch_id, for_update=True)
+        batch.status = BatchStatus.created.value
+        batch.pages, batch.sheets = built.pages, built.sheets
+        batch.pdf_sha256, batch.manifest_sha256 = built.pdf.sha256, built.manifest.sha256
         audit.append(
             session,
             actor=actor,

@@ -15,6 +15,7 @@ from ccm.auth.service import Principal
 from ccm.channels import print_batches
 from ccm.channels.models import PrintBatch
 from ccm.communications.delivery import artifact_store
+from ccm.errors import Conflict
 from ccm.inputs import InputModel
 
 router = APIRouter(tags=["print"])
@@ -28,7 +29,12 @@ class PrintBatchIn(InputModel):
     page_size: Literal["A4", "Letter"] | None = Field(
         default=None, description="Which letters to gather; default CCM_PRINT_PAGE_SIZE."
     )
-    limit: int = Field(default=2000, ge=1, le=10_000, description="At most this many letters in the batch.")
+    limit: int = Field(
+        default=1000,
+        ge=1,
+        le=5000,
+        description="At most this many letters (those waiting longest) in the batch.",
+    )
 
 
 class PrintBatchOut(BaseModel):
@@ -38,8 +44,8 @@ class PrintBatchOut(BaseModel):
     letters: int
     pages: int
     sheets: int
-    pdf_sha256: str
-    manifest_sha256: str
+    pdf_sha256: str | None
+    manifest_sha256: str | None
     created_at: dt.datetime
     created_by: str
     handed_at: dt.datetime | None
@@ -84,6 +90,8 @@ def get_batch(batch_id: BatchId, database: DatabaseDep, principal: Reader) -> Pr
 def _file(database: DatabaseDep, settings: SettingsDep, batch_id: str, which: str) -> Response:
     with database.read() as session:
         batch = print_batches.get_batch(session, batch_id)
+    if batch.pdf_sha256 is None or batch.manifest_sha256 is None:
+        raise Conflict(f"print batch {batch_id} is still being laid out")
     store = artifact_store(settings)
     if which == "pdf":
         return Response(

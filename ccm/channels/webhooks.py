@@ -27,7 +27,7 @@ from ccm.config import Settings
 from ccm.customers import service as customers
 from ccm.customers.models import ConsentChange, Customer, Purpose
 from ccm.customers.schemas import ConsentIn, ConsentsIn
-from ccm.db import utcnow
+from ccm.db import lock_name, utcnow
 from ccm.errors import Forbidden
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,9 @@ async def status_callback(request: Request, database: DatabaseDep, settings: Set
         session.add(callback)
         delivery = None
         if sid:
+            # The send may be being recorded right now: wait for it, so the callback is either matched here
+            # or seen by the recording (which applies early callbacks), never missed by both.
+            lock_name(session, f"twilio:{sid}")
             delivery = session.scalars(
                 select(Delivery)
                 .where(Delivery.provider_id == sid, Delivery.channel == Channel.sms.value)
@@ -94,16 +97,22 @@ async def status_callback(request: Request, database: DatabaseDep, settings: Set
 
 
 def _restore_after_stop(session: Session, customer: Customer) -> list[ConsentIn]:
-    """START answers STOP: SMS service messages again, and marketing only if STOP took an opt-in away."""
-    restored = [ConsentIn(channel=Channel.sms, purpose=Purpose.service, granted=True)]
-    last = session.scalars(
-        select(ConsentChange)
-        .where(ConsentChange.customer_id == customer.id, ConsentChange.topic == "sms:marketing")
-        .order_by(ConsentChange.id.desc())
-        .limit(1)
-    ).first()
-    if last is not None and last.source == STOP_SOURCE and last.previous is True:
-        restored.append(ConsentIn(channel=Channel.sms, purpose=Purpose.marketing, granted=True))
+    """START undoes STOP: SMS service messages again if STOP stopped them, marketing only if STOP took an
+    opt-in away."""
+    restored = []
+    for purpose in (Purpose.service, Purpose.marketing):
+        last = session.scalars(
+            select(ConsentChange)
+            .where(ConsentChange.customer_id == customer.id, ConsentChange.topic == f"sms:{purpose.value}")
+            .order_by(ConsentChange.id.desc())
+            .limit(1)
+        ).first()
+        # Only what STOP itself withdrew comes back; an answer given another way (to an agent, on a form)
+        # stands. Service messages need no opt-in: STOP from no earlier answer restores them too.
+        if last is None or last.source != STOP_SOURCE or last.granted:
+            continue
+        if last.previous is True or (purpose is Purpose.service and last.previous is None):
+            restored.append(ConsentIn(channel=Channel.sms, purpose=purpose, granted=True))
     return restored
 
 

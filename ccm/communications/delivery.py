@@ -9,6 +9,7 @@ error raised again for the caller to retry) or PermanentDeliveryError (the deliv
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,7 @@ from ccm.channels.base import (
 )
 from ccm.channels.email import EmailAdapter, make_transport
 from ccm.channels.models import ProviderCallback
-from ccm.channels.portal import PortalAdapter
+from ccm.channels.portal import PortalAdapter, put_in_inbox
 from ccm.channels.print import AddressPlacementError, LetterTooLarge, PrintAdapter, letter
 from ccm.channels.sms import SmsAdapter, make_sms_sender
 from ccm.communications import service
@@ -40,7 +41,7 @@ from ccm.communications.status import TWILIO_STATUSES, DeliveryStatus
 from ccm.config import Settings
 from ccm.customers.models import Customer
 from ccm.customers.unsubscribe import unsubscribe_url
-from ccm.db import Database
+from ccm.db import Database, lock_name, utcnow
 from ccm.errors import CCMError
 from ccm.templates_engine import service as templates
 from ccm.templates_engine.models import Template, TemplateVersion
@@ -62,7 +63,7 @@ def make_adapters(settings: Settings, database: Database) -> dict[Channel, Chann
             status_callback=f"{base}/webhooks/twilio/status" if settings.twilio_configured else None,
         ),
         Channel.print: PrintAdapter(settings),
-        Channel.portal: PortalAdapter(database),
+        Channel.portal: PortalAdapter(),
     }
 
 
@@ -92,12 +93,13 @@ class Deliverer:
         self.artifacts = artifacts
 
     def deliver(self, delivery_id: str) -> DeliveryStatus:
-        """Send one delivery if it is still pending; answers its status afterwards."""
+        """Send one delivery if it is still pending and no other worker holds it; answers its status
+        afterwards (`pending` while another worker holds it). A transient failure is raised."""
+        status = self._claim(delivery_id)
+        if status is not None:
+            return status
         with self.database.read() as session:
-            delivery = service.get_delivery(session, delivery_id)
-            if delivery.status != DeliveryStatus.pending.value:
-                return DeliveryStatus(delivery.status)
-            job = self._job(session, delivery)
+            job = self._job(session, service.get_delivery(session, delivery_id))
         channel = Channel(job.delivery.channel)
         adapter = self.adapters[channel]
         try:
@@ -109,7 +111,25 @@ class Deliverer:
             raise
         except PermanentDeliveryError as exc:
             return self._failed(delivery_id, exc)
-        return self._sent(delivery_id, sent)
+        except Exception as exc:
+            # Not the adapter contract's: a fault. Counted as a failed attempt (its type only: the message
+            # may quote content), released for a retry, and raised for the caller to see.
+            self._attempt_failed(delivery_id, TransientDeliveryError(f"unexpected {type(exc).__name__}"))
+            raise
+        return self._sent(delivery_id, sent, prepared)
+
+    def _claim(self, delivery_id: str) -> DeliveryStatus | None:
+        """Reserve a pending delivery for this worker for CCM_DELIVERY_LEASE seconds, so that two workers
+        never send it at once. None: reserved; else the status to answer without sending."""
+        with self.database.transaction() as session:
+            delivery = service.get_delivery(session, delivery_id, for_update=True)
+            if delivery.status != DeliveryStatus.pending.value:
+                return DeliveryStatus(delivery.status)
+            now = utcnow()
+            if delivery.claimed_until is not None and delivery.claimed_until > now:
+                return DeliveryStatus.pending  # in another worker's hands
+            delivery.claimed_until = now + dt.timedelta(seconds=self.settings.delivery_lease)
+            return None
 
     # --- steps ---------------------------------------------------------------------------------------------
 
@@ -126,7 +146,7 @@ class Deliverer:
             customer=customer_context(session, customer),
         )
 
-    def _context(self, job: _Job) -> RenderContext:
+    def _context(self, job: _Job, channel: Channel) -> RenderContext:
         external_id = str(job.customer["external_id"])
         return RenderContext(
             customer=job.customer,
@@ -135,6 +155,7 @@ class Deliverer:
                 self.settings,
                 job.communication.id,
                 external_id=external_id,
+                channel=channel,
                 date=job.communication.created_at.date(),
             ),
             locale=job.communication.locale,
@@ -142,7 +163,7 @@ class Deliverer:
         )
 
     def _render(self, job: _Job, channel: Channel) -> tuple[dict[str, str], str]:
-        rendered = self.engine.render_channel(job.version, channel, self._context(job))
+        rendered = self.engine.render_channel(job.version, channel, self._context(job, channel))
         if rendered.problems:
             problem = rendered.problems[0]
             where = problem.part + (f" line {problem.line}" if problem.line else "")
@@ -236,6 +257,14 @@ class Deliverer:
         details = {**prepared.details, **({"attachments": attachments} if attachments else {})}
         with self.database.transaction() as session:
             row = service.get_delivery(session, delivery.id, for_update=True)
+            if row.artifact_sha256 is not None:
+                # Prepared meanwhile by a worker whose lease ran out: what it stored (and logged) is sent.
+                return Prepared(
+                    self.artifacts.get(row.artifact_sha256),
+                    row.media_type or prepared.media_type,
+                    dict(row.details),
+                    prepared.attachments,
+                )
             if row.artifact_sha256 is None:
                 row.artifact_sha256 = artifact.sha256
                 row.artifact_size = artifact.size
@@ -263,6 +292,7 @@ class Deliverer:
             delivery = service.get_delivery(session, delivery_id, for_update=True)
             delivery.attempts += 1
             delivery.last_error = str(error)[:500]
+            delivery.claimed_until = None
             audit.append(
                 session,
                 actor=SYSTEM,
@@ -277,6 +307,7 @@ class Deliverer:
             delivery = service.get_delivery(session, delivery_id, for_update=True)
             delivery.attempts += 1
             delivery.last_error = str(error)[:500]
+            delivery.claimed_until = None
             service.move(
                 session,
                 delivery,
@@ -286,24 +317,34 @@ class Deliverer:
             )
             return DeliveryStatus(delivery.status)
 
-    def _sent(self, delivery_id: str, sent: Sent) -> DeliveryStatus:
+    def _sent(self, delivery_id: str, sent: Sent, prepared: Prepared) -> DeliveryStatus:
         with self.database.transaction() as session:
             delivery = service.get_delivery(session, delivery_id, for_update=True)
             delivery.attempts += 1
             delivery.last_error = None
-            delivery.provider_id = sent.provider_id
+            delivery.claimed_until = None
+            provider_id = sent.provider_id
+            if delivery.channel == Channel.portal.value:
+                # The inbox message and the delivery's move commit together: no message on a pending
+                # delivery, and no opening before it counts as delivered.
+                provider_id = put_in_inbox(
+                    session, delivery, prepared, title=str(prepared.details.get("title"))
+                )
+            if not service.move(
+                session, delivery, sent.status, actor=SYSTEM, payload={"provider_id": provider_id}
+            ):
+                return DeliveryStatus(delivery.status)
+            delivery.provider_id = provider_id
             if sent.details:
                 delivery.details = {**delivery.details, **sent.details}
-            service.move(
-                session, delivery, sent.status, actor=SYSTEM, payload={"provider_id": sent.provider_id}
-            )
-            if sent.provider_id and delivery.channel == Channel.sms.value:
+            if provider_id and delivery.channel == Channel.sms.value:
+                lock_name(session, f"twilio:{provider_id}")
                 apply_early_callbacks(session, delivery)
             if delivery.channel == Channel.portal.value:
-                self._portal_notice(session, delivery, sent)
+                self._portal_notice(session, delivery, provider_id or "")
             return DeliveryStatus(delivery.status)
 
-    def _portal_notice(self, session: Session, delivery: Delivery, sent: Sent) -> None:
+    def _portal_notice(self, session: Session, delivery: Delivery, portal_message: str) -> None:
         """When asked ({"portal_notice": ["email"]}), tell the customer a message is waiting in their portal:
         a communication of its own (template CCM_PORTAL_NOTICE_TEMPLATE), made with the portal message."""
         communication = session.get_one(Communication, delivery.communication_id)
@@ -332,7 +373,7 @@ class Deliverer:
                 action="communication.notice_failed",
                 subject_type="communication",
                 subject_id=communication.id,
-                payload={"portal_message": sent.provider_id, "channels": channels, "error": str(exc)},
+                payload={"portal_message": portal_message, "channels": channels, "error": str(exc)},
             )
 
 

@@ -66,6 +66,8 @@ class Delivery(Base):
         ForeignKey("print_batches.id"), nullable=True, index=True
     )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # A worker sending it holds it until then (CCM_DELIVERY_LEASE), so no two workers send it at once.
+    claimed_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     last_error: Mapped[str | None] = mapped_column(String(500), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

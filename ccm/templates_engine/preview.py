@@ -46,15 +46,20 @@ SAMPLE_CUSTOMER: dict[str, Any] = {
 
 
 def message_context(
-    settings: Settings, message_id: str, *, external_id: str | None = None, date: dt.date | None = None
+    settings: Settings,
+    message_id: str,
+    *,
+    external_id: str | None = None,
+    channel: Channel = Channel.email,
+    date: dt.date | None = None,
 ) -> dict[str, Any]:
-    """The `message` a template sees. For a real customer (external_id) the links are signed for them; in a
-    preview they lead to placeholder pages."""
+    """The `message` a template sees. For a real customer (external_id) the links are signed for them (the
+    unsubscribe link for the channel being rendered); in a preview they lead to placeholder pages."""
     base = str(settings.public_base_url).rstrip("/")
     if external_id is None:
         unsubscribe, portal = f"{base}/unsubscribe/preview", f"{base}/portal/preview"
     else:
-        unsubscribe = unsubscribe_url(settings, external_id=external_id)
+        unsubscribe = unsubscribe_url(settings, external_id=external_id, channel=channel)
         portal = portal_link(settings, external_id=external_id)
     return {
         "id": message_id,

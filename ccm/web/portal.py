@@ -78,13 +78,14 @@ def _guarded(page: Callable[[], Response]) -> Response:
 
 
 def _customer(database: Database, settings: Settings, token: str) -> tuple[Customer, str]:
-    external_id = portal.read_portal_token(settings, token)
+    link = portal.read_portal_link(settings, token)
     with database.read() as session:
-        customer = session.scalars(select(Customer).where(Customer.external_id == external_id)).one_or_none()
+        customer = session.scalars(
+            select(Customer).where(Customer.external_id == link.external_id)
+        ).one_or_none()
     if customer is None:
         raise NotFound("this portal link is not valid")
-    expires = dt.date.today() + dt.timedelta(days=settings.portal_link_days)
-    return customer, format_date(expires, "long", locale="en")
+    return customer, format_date(link.expires_at.date(), "long", locale="en")
 
 
 def _size(size: int) -> str:

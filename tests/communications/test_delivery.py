@@ -3,11 +3,13 @@ bytes, permanent failures fail, and a delivery is never sent twice."""
 
 from __future__ import annotations
 
+import datetime as dt
 import email
 import email.policy
 import hashlib
 import io
 import subprocess
+import threading
 from email.message import EmailMessage
 
 import pytest
@@ -18,9 +20,11 @@ from ccm.channels import Channel
 from ccm.channels.artifacts import ArtifactStore
 from ccm.channels.base import TransientDeliveryError
 from ccm.channels.models import PortalDocument, PortalMessage
+from ccm.communications import service
 from ccm.communications.delivery import artifact_store
 from ccm.communications.status import DeliveryStatus
-from ccm.db import Database
+from ccm.customers.models import Customer
+from ccm.db import Database, utcnow
 from ccm.errors import InvalidInput
 from tests.channels.fake_twilio import FakeTwilio
 from tests.channels.smtp_sink import SmtpSink
@@ -152,3 +156,72 @@ def test_a_channel_without_a_part_or_an_address_is_refused_before_anything_is_st
         sender.create("payment_reminder", "CUST-1006", sample("payment_reminder"), [Channel.sms])
     assert "mobile number" in no_phone.value.errors[0].message
     assert count_events(database) == before
+
+
+def test_two_workers_delivering_at_once_send_it_once(sender: Sender, twilio: FakeTwilio) -> None:
+    [delivery_id] = sender.create("payment_reminder", "CUST-1001", sample("payment_reminder"), [Channel.sms])
+    start = threading.Barrier(2)
+    outcomes: list[DeliveryStatus] = []
+
+    def worker() -> None:
+        start.wait()
+        outcomes.append(sender.deliverer.deliver(delivery_id))
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(twilio.requests) == 1
+    delivery = sender.delivery(delivery_id)
+    assert (delivery.status, delivery.attempts) == (DeliveryStatus.queued, 1)
+    # The second worker either found it held (pending) or found it already sent (queued).
+    assert DeliveryStatus.queued in outcomes
+    assert set(outcomes) <= {DeliveryStatus.queued, DeliveryStatus.pending}
+
+
+def test_a_delivery_held_by_another_worker_is_left_alone(
+    sender: Sender, twilio: FakeTwilio, database: Database
+) -> None:
+    [delivery_id] = sender.create("payment_reminder", "CUST-1001", sample("payment_reminder"), [Channel.sms])
+    with database.transaction() as session:
+        service.get_delivery(session, delivery_id).claimed_until = utcnow() + dt.timedelta(minutes=1)
+    assert sender.deliverer.deliver(delivery_id) is DeliveryStatus.pending
+    assert twilio.requests == []
+    with database.transaction() as session:  # the other worker died: its hold runs out
+        service.get_delivery(session, delivery_id).claimed_until = utcnow() - dt.timedelta(seconds=1)
+    assert sender.deliverer.deliver(delivery_id) is DeliveryStatus.queued
+    assert len(twilio.requests) == 1
+
+
+def test_a_fault_in_an_adapter_counts_as_a_failed_attempt_and_releases_the_delivery(
+    sender: Sender, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    [delivery_id] = sender.create("payment_reminder", "CUST-1001", sample("payment_reminder"), [Channel.sms])
+
+    def broken(envelope: object, prepared: object) -> None:
+        raise KeyError("secret body text")
+
+    monkeypatch.setattr(sender.deliverer.adapters[Channel.sms], "send", broken)
+    with pytest.raises(KeyError):
+        sender.deliverer.deliver(delivery_id)
+    delivery = sender.delivery(delivery_id)
+    assert (delivery.status, delivery.attempts, delivery.claimed_until) == (DeliveryStatus.pending, 1, None)
+    assert delivery.last_error == "unexpected KeyError"  # the type, never the message
+
+
+def test_a_name_cannot_add_an_addressee_and_an_address_needing_smtputf8_fails_plainly(
+    sender: Sender, sink: SmtpSink, database: Database
+) -> None:
+    with database.transaction() as session:
+        customer = session.scalars(select(Customer).where(Customer.external_id == "CUST-1001")).one()
+        customer.name = "Zoë <boss@evil.example>, other@evil.example"
+    sender.send("payment_reminder", "CUST-1001", sample("payment_reminder"), [Channel.email])
+    [received] = sink.handler.messages
+    to = parse(received.data)["To"]
+    assert [address.addr_spec for address in to.addresses] == ["amelia.hartley@example.co.uk"]
+
+    sender.set_email("CUST-1001", "jöhn@exämple.com")
+    delivery = sender.send("payment_reminder", "CUST-1001", sample("payment_reminder"), [Channel.email])
+    assert delivery.status == DeliveryStatus.failed
+    assert "SMTPUTF8" in (delivery.last_error or "")

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import email
 import email.policy
+import logging
 import re
 from email.message import EmailMessage
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from ccm.auth.models import Role
 from ccm.channels import Channel
-from ccm.channels.portal import read_portal_token, sanitize
+from ccm.channels.portal import portal_token, read_portal_token, sanitize
 from ccm.communications.models import Communication
 from ccm.communications.status import DeliveryStatus
 from ccm.db import Database
@@ -26,6 +28,8 @@ def test_sanitize_keeps_the_content_and_drops_what_could_run_or_track() -> None:
         "<h2 onclick='steal()'>Your statement</h2><script>alert(1)</script>"
         "<p style='x'>Balance <strong>£1,200</strong></p><iframe src='https://evil.example'></iframe>"
         "<a href='javascript:alert(1)'>bad</a><a href='https://bank.example/help'>help</a>"
+        "<a href='data:application/octet-stream;base64,TVqQ'>download</a>"
+        "<img src='data:image/png;base64,iVBO'>"
         "<img src='https://tracker.example/pixel.gif'><form action='https://evil.example'><input></form>"
     )
     clean = sanitize(dirty)
@@ -101,3 +105,16 @@ def test_an_agent_gets_a_signed_link_to_the_customers_inbox(
     assert (
         client.post("/v1/customers/CUST-9999/portal-link", headers=role_keys[Role.agent]).status_code == 404
     )
+
+
+def test_a_portal_link_never_reaches_the_request_log(
+    client: TestClient, sender: Sender, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = portal_token(sender.settings, external_id="CUST-1004")
+    with caplog.at_level(logging.INFO, logger="ccm.requests"):
+        assert client.get(f"/portal/{token}").status_code == 200
+        client.get(f"/unsubscribe/{token}")
+    lines = [record.getMessage() for record in caplog.records if record.name == "ccm.requests"]
+    assert lines[0].startswith("GET /portal/<token> 200")
+    assert lines[1].startswith("GET /unsubscribe/<token> 404")
+    assert not any(token in line or "CUST-1004" in line for line in lines)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from pypdf import PdfReader
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from ccm.auth.models import Role
@@ -21,6 +22,7 @@ from ccm.cli import app as cli
 from ccm.communications.delivery import artifact_store
 from ccm.communications.status import DeliveryStatus
 from ccm.config import Settings
+from ccm.customers.models import Customer
 from ccm.db import Database
 from tests.communications.conftest import Sender, sample
 from tests.conftest import count_events
@@ -93,6 +95,18 @@ def test_an_address_outside_the_window_or_missing_is_refused() -> None:
         render_pdf(too_high, css=css, check_window=True)
     with pytest.raises(AddressPlacementError, match="no address block"):
         render_pdf(letterhead.format(top="50mm", block="Ann Smith"), css=css, check_window=True)
+    nested = (
+        "<div class='recipient'><p style='margin: 0'>Ann Smith</p><p style='margin: 0'>{second}</p></div>"
+    )
+    assert render_pdf(
+        letterhead.format(top="50mm", block=nested.format(second="Leeds")), css=css, check_window=True
+    )
+    strays = nested.format(second="<span style='position: relative; top: 120mm'>Leeds</span>")
+    with pytest.raises(AddressPlacementError, match="does not fit"):
+        render_pdf(letterhead.format(top="50mm", block=strays), css=css, check_window=True)
+    # A template's own @page rule cannot make pages of another size than the letter is printed on.
+    with pytest.raises(AddressPlacementError, match="page 1 is 148 x 210 mm, not A4"):
+        render_pdf(inside, css="@page { size: A5; margin: 0 }", check_window=True)
 
 
 def test_pdf_a_and_document_metadata_when_asked(sender: Sender) -> None:
@@ -130,6 +144,10 @@ def make_letters(sender: Sender) -> list[str]:
 def test_a_print_batch_matches_its_manifest_and_moves_its_letters(
     client: TestClient, sender: Sender, role_keys: dict[Role, dict[str, str]], database: Database
 ) -> None:
+    with database.transaction() as session:  # a name a spreadsheet would run as a formula
+        session.scalars(
+            select(Customer).where(Customer.external_id == "CUST-1005")
+        ).one().name = "=HYPERLINK(1)"
     ids = make_letters(sender)
     operator = role_keys[Role.sender]
 
@@ -150,7 +168,8 @@ def test_a_print_batch_matches_its_manifest_and_moves_its_letters(
     assert sorted(row["delivery_id"] for row in manifest) == sorted(ids)
     assert sum(int(row["sheets"]) for row in manifest) == batch["sheets"]
     assert pages == batch["pages"] == 2 * batch["sheets"]
-    names = {"CUST-1002": "Tremblay", "CUST-1006": "Moreau", "CUST-1001": "Hartley", "CUST-1005": "Raman"}
+    assert manifest[3]["name"] == "'=HYPERLINK(1)"
+    names = {"CUST-1002": "Tremblay", "CUST-1006": "Moreau", "CUST-1001": "Hartley", "CUST-1005": "HYPERLINK"}
     for row in manifest:
         first, count = int(row["first_page"]), int(row["pages"])
         assert int(row["sheets"]) == (count + 1) // 2

@@ -15,10 +15,14 @@ from ccm.customers.models import Consent, ConsentChange, Customer
 from ccm.db import Database
 from tests.channels.fake_twilio import ACCOUNT_SID, AUTH_TOKEN
 from tests.communications.conftest import Sender, sample
-from tests.conftest import count_events
+from tests.conftest import ADMIN_KEY, bearer, count_events
 
 STATUS_URL = "https://ccm.bank.example/webhooks/twilio/status"
 INBOUND_URL = "https://ccm.bank.example/webhooks/twilio/inbound"
+
+
+def admin_headers() -> dict[str, str]:
+    return bearer(ADMIN_KEY)
 
 
 def signed(url: str, params: dict[str, str], token: str = AUTH_TOKEN) -> dict[str, str]:
@@ -155,3 +159,18 @@ def test_help_is_answered_and_other_texts_change_nothing(client: TestClient, dat
     assert inbound(client, "+12125550178", "please stop calling me about my loan")[1].count("<Message>") == 0
     assert sms_consents(database, "CUST-1003") == before
     assert [c.kind for c in callbacks(database)] == ["inbound", "inbound"]
+
+
+def test_start_never_undoes_an_answer_given_another_way(client: TestClient, database: Database) -> None:
+    # CUST-1003 told an agent: no more service texts. A START from the number must not turn them back on.
+    response = client.put(
+        "/v1/customers/CUST-1003/consents",
+        json={
+            "consents": [{"channel": "sms", "purpose": "service", "granted": False}],
+            "source": "phone call",
+        },
+        headers=admin_headers(),
+    )
+    assert response.status_code == 200
+    inbound(client, "+12125550178", "START")
+    assert sms_consents(database, "CUST-1003") == {"service": False, "marketing": True}
