@@ -6,7 +6,7 @@ import argparse
 import importlib
 import time
 
-BENCHMARKS = ["audit_verify", "render"]
+BENCHMARKS = ["audit_verify", "render", "print_letters", "email_send"]
 
 
 def main() -> None:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import audit_verify, render
+from benchmarks import audit_verify, email_send, print_letters, render
 
 
-@pytest.mark.parametrize("benchmark", [audit_verify, render], ids=["audit_verify", "render"])
+@pytest.mark.parametrize(
+    "benchmark",
+    [audit_verify, render, print_letters, email_send],
+    ids=["audit_verify", "render", "print_letters", "email_send"],
+)
 def test_the_benchmark_runs_and_prints_its_ratio(
     benchmark: object, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -168,3 +168,45 @@ def test_without_a_relay_mail_is_written_as_eml(tmp_path: Path) -> None:
     assert written.suffix == ".eml"
     assert written.read_bytes() == mime
     assert parsed(written.read_bytes())["Message-ID"] == message.message_id
+
+
+def test_what_is_written_reads_back_exactly_with_the_email_package() -> None:
+    subject = "Votre relevé annuel 2025 — " + "très important " * 8
+    text = "Montant dû : 1 200,00 € = total\nLigne avec espaces en fin   \n" + "x" * 300 + "\n.\nFin"
+    html = "<p style='color:red'>Bonjour Zoë, 50% = moitié</p>"
+    letter = Attachment("relevé annuel.pdf", "application/pdf", b"%PDF-1.7\n" + bytes(range(256)) * 40)
+    mime = build_mime(
+        OutgoingEmail(
+            message_id="<abc@bank.example>",
+            to_address="zoe@example.fr",
+            to_name='Zoë "la" Dupont, <boss@evil.example>',
+            subject=subject,
+            html=html,
+            text=text,
+            marketing=True,
+            unsubscribe_url="https://bank.example/unsubscribe/" + "t" * 120,
+            attachments=(letter,),
+        ),
+        sender="Banque Nordvent <notices@bank.example>",
+    )
+    assert mime.isascii()
+    lines = mime.split(b"\r\n")
+    assert b"\n" not in b"".join(lines)  # every line ends in CRLF
+    assert max(len(line) for line in lines) <= 998
+    message = email.message_from_bytes(mime, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    assert message["Subject"] == subject
+    assert [a.addr_spec for a in message["To"].addresses] == ["zoe@example.fr"]
+    assert message["To"].addresses[0].display_name == 'Zoë "la" Dupont, <boss@evil.example>'
+    assert message["From"].addresses[0].display_name == "Banque Nordvent"
+    assert message["List-Unsubscribe"] == "<https://bank.example/unsubscribe/" + "t" * 120 + ">"
+    assert message.get_content_type() == "multipart/mixed"
+    plain, rich = message.get_body(("plain",)), message.get_body(("html",))
+    assert plain is not None
+    assert rich is not None
+    assert plain.get_content().replace("\r\n", "\n") == text  # CRLF on the wire, the same text
+    assert '<p style="color:red">Bonjour Zoë, 50% = moitié</p>' in rich.get_content()
+
+    [attached] = list(message.iter_attachments())
+    assert attached.get_filename() == "relevé annuel.pdf"
+    assert attached.get_content() == letter.content
