@@ -76,7 +76,9 @@ _CRLF = "\r\n"
 def _encoded_words(value: str) -> str:
     """RFC 2047 "B" encoded words of at most 75 characters, one per folded line, never splitting a character
     (the standard library's Header tries quoted-printable first and takes quadratic time over it)."""
-    words, chunk, size = [], [], 0
+    words: list[str] = []
+    chunk: list[str] = []
+    size = 0
     for character in value:
         width = len(character.encode())
         if size + width > 45:  # 45 bytes: 60 base64 characters, 72 with "=?utf-8?b?" and "?="
