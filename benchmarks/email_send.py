@@ -23,35 +23,16 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from ccm import migrations
+from benchmarks.common import CUSTOMER, publish_starters, starter_database
 from ccm.channels import Channel
 from ccm.channels.email import OutgoingEmail, SmtpTransport, build_mime, make_message_id
 from ccm.config import Settings
 from ccm.db import Database
 from ccm.templates_engine import service
 from ccm.templates_engine.render import LoadedVersion, RenderContext, TemplateEngine
-from ccm.templates_engine.sync import publish_all, sync
 
-ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = "payment_reminder"
 SENDER = "notices@bank.example"
-CUSTOMER: dict[str, Any] = {
-    "external_id": "CUST-1001",
-    "name": "Amelia Hartley",
-    "email": "amelia@example.co.uk",
-    "phone": "+447911123456",
-    "locale": "en-GB",
-    "timezone": "Europe/London",
-    "address": {
-        "line1": "14 Rosebery Avenue",
-        "line2": None,
-        "city": "London",
-        "region": None,
-        "postal_code": "EC1R 4SX",
-        "country": "GB",
-    },
-    "attributes": {},
-}
 
 
 class CountingSink:
@@ -147,8 +128,7 @@ def run(*, quick: bool = False) -> None:
     controller = Controller(handler, hostname="127.0.0.1", port=free_port())
     controller.start()
     with tempfile.TemporaryDirectory() as directory:
-        url = f"sqlite:///{Path(directory) / 'bench.db'}"
-        migrations.upgrade(url)
+        url = starter_database(Path(directory))
         database = Database(url)
         settings = Settings(
             database_url=url, data_dir=Path(directory), smtp_host="127.0.0.1", smtp_port=controller.port
@@ -156,9 +136,7 @@ def run(*, quick: bool = False) -> None:
         transport = SmtpTransport(settings)
         plain = smtplib.SMTP("127.0.0.1", controller.port)
         try:
-            engine = service.make_engine(database, settings)
-            report = sync(database, engine, ROOT / "templates", actor="bench:author")
-            publish_all(database, engine, [*report.created], author="bench:author", approver="bench:approver")
+            engine = publish_starters(database, settings)
             with database.read() as session:
                 template = service.get_template(session, key=TEMPLATE)
                 live = service.live_version(session, template)

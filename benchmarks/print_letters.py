@@ -24,15 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ccm import migrations
+from benchmarks.common import CUSTOMER, publish_starters, starter_database
 from ccm.channels import Channel
 from ccm.config import Settings
 from ccm.db import Database
 from ccm.templates_engine import service
 from ccm.templates_engine.render import LoadedVersion, RenderContext, TemplateEngine
-from ccm.templates_engine.sync import publish_all, sync
 
-ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = "claim_decision"
 # A print.css as a template's author writes one; the same stylesheet goes to both sides.
 PRINT_CSS = """
@@ -40,23 +38,6 @@ PRINT_CSS = """
 .closing p { margin: 0 0 2mm; }
 strong { font-weight: bold; }
 """
-CUSTOMER = {
-    "external_id": "CUST-1001",
-    "name": "Amelia Hartley",
-    "email": "amelia@example.co.uk",
-    "phone": "+447911123456",
-    "locale": "en-GB",
-    "timezone": "Europe/London",
-    "address": {
-        "line1": "14 Rosebery Avenue",
-        "line2": None,
-        "city": "London",
-        "region": None,
-        "postal_code": "EC1R 4SX",
-        "country": "GB",
-    },
-    "attributes": {},
-}
 
 
 def letter_context(version: LoadedVersion, number: int) -> RenderContext:
@@ -162,14 +143,11 @@ def run(*, quick: bool = False) -> None:
     rounds, per_process, warm = (1, 1, 1) if quick else (12, 12, 3)
     per_round = per_process * processes
     with tempfile.TemporaryDirectory() as directory:
-        url = f"sqlite:///{Path(directory) / 'bench.db'}"
-        migrations.upgrade(url)
+        url = starter_database(Path(directory))
         database = Database(url)
         try:
             settings = Settings(database_url=url)
-            engine = service.make_engine(database, settings)
-            report = sync(database, engine, ROOT / "templates", actor="bench:author")
-            publish_all(database, engine, [*report.created], author="bench:author", approver="bench:approver")
+            engine = publish_starters(database, settings)
             version, _ = load_letter(database)
             # The bare side lays out exactly the HTML ccm renders for the same letter.
             htmls = [render_letter(engine, version, number)[0] for number in range(rounds * per_round)]

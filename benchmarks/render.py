@@ -16,33 +16,14 @@ from pathlib import Path
 
 from jinja2 import DictLoader, Environment, StrictUndefined
 
-from ccm import migrations
+from benchmarks.common import CUSTOMER, publish_starters, starter_database
 from ccm.channels import Channel
 from ccm.config import Settings
 from ccm.db import Database
 from ccm.templates_engine import service
 from ccm.templates_engine.filters import FILTERS, LOCALE_VAR, TIMEZONE_VAR
 from ccm.templates_engine.render import RenderContext
-from ccm.templates_engine.sync import publish_all, sync
 
-ROOT = Path(__file__).resolve().parent.parent
-CUSTOMER = {
-    "external_id": "CUST-1001",
-    "name": "Amelia Hartley",
-    "email": "amelia@example.co.uk",
-    "phone": "+447911123456",
-    "locale": "en-GB",
-    "timezone": "Europe/London",
-    "address": {
-        "line1": "14 Rosebery Avenue",
-        "line2": None,
-        "city": "London",
-        "region": None,
-        "postal_code": "EC1R 4SX",
-        "country": "GB",
-    },
-    "attributes": {},
-}
 CASES = [
     ("annual_statement", Channel.print, "html"),
     ("payment_reminder", Channel.email, "html"),
@@ -67,13 +48,10 @@ def run(*, quick: bool = False) -> None:
     """`quick` (for the test that keeps this benchmark working) measures too little to mean anything."""
     rounds, per_round = (1, 3) if quick else (7, 200)
     with tempfile.TemporaryDirectory() as directory:
-        url = f"sqlite:///{Path(directory) / 'bench.db'}"
-        migrations.upgrade(url)
+        url = starter_database(Path(directory))
         database = Database(url)
         settings = Settings(database_url=url)
-        engine = service.make_engine(database, settings)
-        report = sync(database, engine, ROOT / "templates", actor="bench:author")
-        publish_all(database, engine, [*report.created], author="bench:author", approver="bench:approver")
+        engine = publish_starters(database, settings)
 
         sources: dict[str, str] = {}
         with database.read() as session:
