@@ -16,6 +16,8 @@ from ccm.audit.router import router as audit_router
 from ccm.auth.router import router as keys_router
 from ccm.channels.router import router as print_router
 from ccm.channels.webhooks import router as twilio_router
+from ccm.communications.router import router as communications_router
+from ccm.communications.tasks import RelayLoop, Runtime
 from ccm.config import Settings, get_settings
 from ccm.customers.router import router as customers_router
 from ccm.customers.unsubscribe import router as unsubscribe_router
@@ -48,13 +50,22 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(_warm_templates, database, app.state.engine)
-        worker = None
+        # Scaled out, this process only hands work to Redis; embedded, it also runs the worker and the relay.
+        broker = configure_broker(settings)
+        app.state.runtime = Runtime(
+            database=database, settings=settings, engine=app.state.engine, broker=broker
+        )
+        worker = relay = None
         if settings.embedded:
-            worker = EmbeddedWorker(configure_broker(settings))
+            worker = EmbeddedWorker(broker, threads=settings.worker_threads)
             worker.start()
+            relay = RelayLoop(app.state.runtime.pipeline(), settings.relay_interval)
+            relay.start()
         try:
             yield
         finally:
+            if relay is not None:
+                relay.stop()
             if worker is not None:
                 worker.stop()
             database.dispose()
@@ -79,6 +90,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.include_router(keys_router)
     app.include_router(customers_router)
     app.include_router(templates_router)
+    app.include_router(communications_router)
     app.include_router(unsubscribe_router)
     app.include_router(twilio_router)
     app.include_router(print_router)

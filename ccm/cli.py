@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -22,11 +23,13 @@ keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit log.", no_args_is_help=True)
 templates_app = typer.Typer(help="Templates as code.", no_args_is_help=True)
 print_app = typer.Typer(help="Print batches: letters gathered for the print house.", no_args_is_help=True)
+batch_app = typer.Typer(help="Batch files of communications.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(templates_app, name="templates")
 app.add_typer(print_app, name="print")
+app.add_typer(batch_app, name="batch")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -88,6 +91,9 @@ def worker(
     """Process queued work from Redis (scaled-out mode; needs CCM_BROKER_URL)."""
     import dramatiq
 
+    from ccm.communications.tasks import RelayLoop, Runtime
+    from ccm.db import Database
+    from ccm.templates_engine.service import make_engine, warm_live_versions
     from ccm.worker import configure_broker
 
     settings = _settings()
@@ -99,14 +105,23 @@ def worker(
         raise typer.Exit(2)
     _configure_logging(settings)
     broker = configure_broker(settings)
+    database = Database(settings.resolved_database_url)
+    engine = make_engine(database, settings)
+    warm_live_versions(database, engine)
+    runtime = Runtime(database=database, settings=settings, engine=engine, broker=broker)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     running = dramatiq.Worker(broker, worker_threads=threads)
     running.start()
+    # Every worker runs the relay too: any one of them finds what a dead one left (it is safe to run twice).
+    relay = RelayLoop(runtime.pipeline(), settings.relay_interval)
+    relay.start()
     out.print(f"ccm worker: {threads} threads on {redact_url(settings.broker_url or '')}", highlight=False)
     stop.wait()
+    relay.stop()
     running.stop()
+    database.dispose()
 
 
 @db_app.command("upgrade")
@@ -308,15 +323,24 @@ def demo(
 
 
 @audit_app.command("verify")
-def audit_verify() -> None:
-    """Recompute the audit hash chain; exit 1 and name the first broken event if it does not hold."""
+def audit_verify(
+    chain_only: Annotated[
+        bool, typer.Option("--chain-only", help="Check the hash chain only, not the artifacts.")
+    ] = False,
+) -> None:
+    """Recompute the audit hash chain, then read back every artifact the database references; exit 1 and
+    name the first broken event, or the first missing or altered artifact and what references it."""
+    from rich.markup import escape
+
     from ccm.audit import verify
+    from ccm.communications.delivery import artifact_store
     from ccm.db import Database
 
-    database = Database(_settings().resolved_database_url)
+    settings = _settings()
+    database = Database(settings.resolved_database_url)
     try:
         with database.snapshot() as session:
-            result = verify(session)
+            result = verify(session, artifacts=None if chain_only else artifact_store(settings))
     finally:
         database.dispose()
     if result.first_problem is None:
@@ -324,13 +348,23 @@ def audit_verify() -> None:
             f"audit chain intact: {result.events_checked} events, head {result.head_seq} {result.head_hash}",
             highlight=False,
         )
-        return
-    err.print(
-        f"[red]audit chain broken at event {result.first_problem.seq}[/red]: {result.first_problem.problem}\n"
-        f"({result.events_checked} events before it verified)",
-        highlight=False,
-    )
-    raise typer.Exit(1)
+    else:
+        err.print(
+            f"[red]audit chain broken at event {result.first_problem.seq}[/red]: "
+            f"{result.first_problem.problem}\n({result.events_checked} events before it verified)",
+            highlight=False,
+        )
+    if result.artifact_problem is not None:
+        problem = result.artifact_problem
+        err.print(
+            f"[red]artifact check failed at {problem.referenced_by} {escape(problem.reference_id)}[/red] "
+            f"({escape(problem.field)}): {escape(problem.problem)}",
+            highlight=False,
+        )
+    elif result.artifacts_checked is not None:
+        out.print(f"artifacts intact: {result.artifacts_checked} references checked", highlight=False)
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 @print_app.command("batch")
@@ -402,6 +436,72 @@ def print_handed(batch_id: Annotated[str, typer.Argument(help="The batch's id.")
 def print_confirmed(batch_id: Annotated[str, typer.Argument(help="The batch's id.")]) -> None:
     """Record the print house's confirmation: its letters are delivered."""
     _advance_batch(batch_id, "confirmed")
+
+
+@batch_app.command("send")
+def batch_send(
+    file: Annotated[
+        Path, typer.Argument(help="A .jsonl file (one trigger per line) or a .csv file.", exists=True)
+    ],
+    template: Annotated[str | None, typer.Option(help="CSV: the template of every row.")] = None,
+    mapping: Annotated[
+        str | None, typer.Option("--map", help='CSV: {"customer": "CustomerNo", "data.amount": "Amount"}')
+    ] = None,
+) -> None:
+    """Store every row of a file as a communication (bad rows reported by number); the pipeline (`ccm serve`
+    or `ccm worker`) sends them."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    from ccm.communications import batches
+    from ccm.db import Database
+    from ccm.errors import CCMError
+
+    settings = _settings()
+    form = "csv" if file.suffix.lower() == ".csv" else "jsonl"
+    if form == "csv" and not template:
+        err.print("a CSV file needs --template KEY")
+        raise typer.Exit(2)
+    database = Database(settings.resolved_database_url)
+    try:
+        columns = batches.parse_mapping(mapping)
+        schema = batches.template_schema(database, template) if template else {}
+        batch_id = batches.start(database, format=form, template=template, actor=_cli_actor())
+        with (
+            Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                DownloadColumn(),
+                TimeRemainingColumn(),
+            ) as progress,
+            file.open("rb") as stream,
+        ):
+            task = progress.add_task(file.name, total=file.stat().st_size)
+
+            def chunks() -> Iterator[bytes]:
+                while chunk := stream.read(1 << 16):
+                    progress.update(task, advance=len(chunk))
+                    yield chunk
+
+            lines = batches.split_lines(chunks())
+            rows = (
+                batches.jsonl_rows(lines)
+                if form == "jsonl"
+                else batches.csv_rows(lines, template=template or "", mapping=columns, schema=schema)
+            )
+            done = batches.receive(database, settings, batch_id, rows, actor=_cli_actor())
+        with database.read() as session:
+            summary = batches.summary(session, batch_id)
+    except CCMError as exc:
+        err.print(f"[red]{exc}[/red]", highlight=False, markup=True)
+        raise typer.Exit(1) from None
+    finally:
+        database.dispose()
+    out.print(f"batch {batch_id}: {done.accepted} accepted, {done.rejected} rejected", highlight=False)
+    for error in summary["errors"]:
+        problems = "; ".join(f"{p['path'] or '/'}: {p['message']}" for p in error["errors"])
+        out.print(f"  row {error['row']}: {problems}", highlight=False, markup=False)
+    if done.rejected > len(summary["errors"]):
+        out.print(f"  ... and {done.rejected - len(summary['errors'])} more: GET /v1/batches/{batch_id}")
 
 
 def main() -> None:

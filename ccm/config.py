@@ -78,6 +78,45 @@ class Settings(BaseSettings):
     brand_name: str = Field(
         default="ccm", max_length=100, description="Shown on the customer portal's pages."
     )
+    worker_threads: int = Field(
+        default=8, ge=1, le=64, description="Worker threads in `ccm serve` (embedded)."
+    )
+    retry_max_attempts: int = Field(
+        default=8,
+        ge=1,
+        le=100,
+        description="Attempts at a delivery before a transient failure becomes final.",
+    )
+    retry_base_seconds: float = Field(
+        default=30.0, ge=0, le=3600, description="The first retry's wait; each later one waits twice as long."
+    )
+    retry_max_seconds: float = Field(
+        default=3600.0, ge=0, le=86400, description="The longest wait between tries."
+    )
+    retry_max_age_hours: float = Field(
+        default=24.0, gt=0, le=720, description="A delivery still failing this long after it was made fails."
+    )
+    relay_interval: float = Field(
+        default=10.0, gt=0, le=3600, description="Seconds between the relay's looks for due or lost work."
+    )
+    relay_stale_seconds: float = Field(
+        default=300.0, gt=0, le=86400, description="Queued work unfinished this long is queued again."
+    )
+    webhook_timeout: float = Field(
+        default=10.0, gt=0, le=60, description="Seconds to wait for a webhook's answer."
+    )
+    webhook_max_attempts: int = Field(
+        default=10, ge=1, le=100, description="Attempts at each webhook message."
+    )
+    sms_send_window: str = Field(
+        default="08:00-21:00",
+        pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-4]):[0-5][0-9]$",
+        description="When SMS may reach customers, in their own time zone; outside it they wait.",
+    )
+    frequency_caps: dict[str, str] = Field(
+        default_factory=lambda: {"marketing": "3/7d"},
+        description='At most N communications of a category per customer in a period: {"marketing": "3/7d"}.',
+    )
     delivery_lease: int = Field(
         default=300, ge=10, le=3600, description="Seconds a worker holds a delivery it is sending."
     )
@@ -151,6 +190,23 @@ class Settings(BaseSettings):
             raise ValueError("too short: use at least 24 random characters")
         return value
 
+    @field_validator("frequency_caps")
+    @classmethod
+    def _frequency_caps(cls, value: dict[str, str]) -> dict[str, str]:
+        for category, cap in value.items():
+            if category not in {"service", "marketing", "regulatory"}:
+                raise ValueError(f"'{category}' is not a category: service, marketing or regulatory")
+            parse_cap(cap)
+        return value
+
+    @field_validator("sms_send_window")
+    @classmethod
+    def _send_window(cls, value: str) -> str:
+        start, end = value.split("-")
+        if start >= end:
+            raise ValueError("the window must start before it ends, within one day (such as 08:00-21:00)")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _log_level(cls, value: str) -> str:
@@ -215,6 +271,14 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'ccm.db').resolve()}"
+
+
+def parse_cap(cap: str) -> tuple[int, float]:
+    """'3/7d' -> (3, seconds in 7 days); 'h' for hours."""
+    count, _, period = cap.partition("/")
+    if not (count.isdigit() and period[:-1].isdigit() and period[-1:] in {"h", "d"} and int(period[:-1]) > 0):
+        raise ValueError(f"'{cap}' is not a cap such as 3/7d (3 in 7 days) or 1/12h")
+    return int(count), int(period[:-1]) * (86400 if period.endswith("d") else 3600)
 
 
 def redact_url(url: str) -> str:

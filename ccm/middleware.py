@@ -69,6 +69,32 @@ class RequestContextMiddleware:
             )
 
 
+# Endpoints that read their body as a stream, as large as it comes (batch files); they bound it themselves.
+STREAMED = {"/v1/batches"}
+
+
+async def _buffered(receive: Receive, limit: int) -> tuple[bytes, Receive]:
+    """The body read whole (stopping once past `limit`), and a receive that replays it."""
+    body = bytearray()
+    more = True
+    while more and len(body) <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        body.extend(message.get("body", b""))
+        more = message.get("more_body", False)
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+        return await receive()
+
+    return bytes(body), replay
+
+
 class RequestGuard:
     """Refuses, before any body is read or parsed: API calls without credentials (401) and bodies over the
     size limit (413). The key itself is checked by the endpoint's dependency."""
@@ -91,9 +117,13 @@ class RequestGuard:
                 _NO_KEY,
                 {"WWW-Authenticate": "Bearer"},
             )
-        else:
-            length = headers.get(b"content-length", b"0")
-            if not length.isdigit() or int(length) > self.max_body_bytes:
+        elif scope["path"] not in STREAMED:
+            length = headers.get(b"content-length")
+            if length is None and scope["method"] in {"POST", "PUT", "PATCH"}:
+                # No declared length (chunked): read up to the limit first, and refuse beyond it.
+                body, receive = await _buffered(receive, self.max_body_bytes)
+                length = str(len(body)).encode()
+            if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
                 detail = f"the body is larger than the limit of {self.max_body_bytes} bytes"
                 problem = (413, "body-too-large", "Content too large", detail, {})
         if problem is None:

@@ -3,7 +3,16 @@
 from ccm.audit.models import AuditChainHead, AuditEvent
 from ccm.auth.models import ApiKey
 from ccm.channels.models import PortalDocument, PortalMessage, PrintBatch, ProviderCallback
-from ccm.communications.models import Communication, Delivery
+from ccm.communications.models import (
+    Batch,
+    BatchError,
+    Communication,
+    Delivery,
+    IdempotencyKey,
+    WebhookAttempt,
+    WebhookEndpoint,
+    WebhookMessage,
+)
 from ccm.customers.models import Consent, ConsentChange, Customer
 from ccm.templates_engine.models import Template, TemplateDependency, TemplatePublication, TemplateVersion
 
@@ -11,11 +20,14 @@ __all__ = [
     "ApiKey",
     "AuditChainHead",
     "AuditEvent",
+    "Batch",
+    "BatchError",
     "Communication",
     "Consent",
     "ConsentChange",
     "Customer",
     "Delivery",
+    "IdempotencyKey",
     "PortalDocument",
     "PortalMessage",
     "PrintBatch",
@@ -24,4 +36,7 @@ __all__ = [
     "TemplateDependency",
     "TemplatePublication",
     "TemplateVersion",
+    "WebhookAttempt",
+    "WebhookEndpoint",
+    "WebhookMessage",
 ]

@@ -51,3 +51,29 @@ def decode_cursor(kind: str, cursor: str | None) -> int | None:
     if not valid or not isinstance(after, int):
         raise InvalidInput([FieldError("query", "/cursor", "not a cursor this endpoint gave out")])
     return after
+
+
+def encode_position(kind: str, position: list[str]) -> str:
+    """A cursor for keyset pagination over several columns (a time and an id, say), as text."""
+    raw = json.dumps({"k": kind, "at": position}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_position(kind: str, cursor: str | None, size: int) -> list[str] | None:
+    if cursor is None or cursor == "":
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        decoded = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        decoded = None
+    position = decoded.get("at") if isinstance(decoded, dict) else None
+    if (
+        not isinstance(decoded, dict)
+        or decoded.get("k") != kind
+        or not isinstance(position, list)
+        or len(position) != size
+        or not all(isinstance(p, str) for p in position)
+    ):
+        raise InvalidInput([FieldError("query", "/cursor", "not a cursor this endpoint gave out")])
+    return position

@@ -8,10 +8,10 @@ purpose=${1:-run}
 # Packages the service needs at run time: WeasyPrint's libraries (Pango; HarfBuzz's subsetter, without which
 # font subsetting is several times slower) and fonts for letters.
 run_packages=(libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fontconfig fonts-dejavu-core)
-# Packages the test suite needs on top: a PostgreSQL server the tests start in a temp dir, pdftotext to
-# read letters back, and Debian's Chromium for the portal's browser tests (Playwright drives it; it never
-# downloads a browser of its own).
-test_packages=(postgresql poppler-utils chromium)
+# Packages the test suite needs on top: a PostgreSQL server and a Redis server the tests start in temp dirs,
+# pdftotext to read letters back, and Debian's Chromium for the portal's browser tests (Playwright drives it;
+# it never downloads a browser of its own).
+test_packages=(postgresql redis-server poppler-utils chromium)
 
 packages=("${run_packages[@]}")
 if [ "$purpose" = "test" ]; then

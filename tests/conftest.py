@@ -26,6 +26,7 @@ from ccm.templates_engine.sync import publish_all, sync
 from tests.channels.fake_twilio import FakeTwilio
 from tests.channels.smtp_sink import SmtpSink
 from tests.pgcluster import PostgresCluster, find_postgres_bindir
+from tests.redis_server import RedisServer
 
 ADMIN_KEY = "test-bootstrap-admin-key-0123456789"
 BACKENDS = ["sqlite", "postgresql"]
@@ -177,6 +178,16 @@ def twilio() -> Iterator[FakeTwilio]:
         yield fake
     finally:
         fake.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis server (Debian's redis-server) in a temp dir, for the scaled-out mode's tests."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 def bearer(key: str) -> dict[str, str]:

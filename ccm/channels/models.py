@@ -43,8 +43,8 @@ class PrintBatch(Base):
     letters: Mapped[int] = mapped_column(Integer)
     pages: Mapped[int] = mapped_column(Integer)
     sheets: Mapped[int] = mapped_column(Integer)
-    pdf_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)  # None while building
-    manifest_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    pdf_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)  # None: building
+    manifest_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     created_by: Mapped[str] = mapped_column(String(200))
     handed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -62,7 +62,7 @@ class PortalMessage(Base):
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
     delivery_id: Mapped[str] = mapped_column(ForeignKey("deliveries.id"), unique=True)
     title: Mapped[str] = mapped_column(String(300))
-    html_sha256: Mapped[str] = mapped_column(String(64))
+    html_sha256: Mapped[str] = mapped_column(String(64), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     read_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
@@ -74,6 +74,6 @@ class PortalDocument(Base):
     message_id: Mapped[str] = mapped_column(ForeignKey("portal_messages.id"), index=True)
     filename: Mapped[str] = mapped_column(String(200))
     media_type: Mapped[str] = mapped_column(String(100))
-    sha256: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
     size: Mapped[int] = mapped_column(Integer)
     pages: Mapped[int | None] = mapped_column(Integer, nullable=True)

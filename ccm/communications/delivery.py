@@ -10,6 +10,7 @@ error raised again for the caller to retry) or PermanentDeliveryError (the deliv
 from __future__ import annotations
 
 import datetime as dt
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -288,18 +289,44 @@ class Deliverer:
         return Prepared(prepared.content, prepared.media_type, details, prepared.attachments)
 
     def _attempt_failed(self, delivery_id: str, error: TransientDeliveryError) -> None:
+        """Counts the attempt and schedules the next (exponential backoff, the provider's Retry-After if
+        longer); past CCM_RETRY_MAX_ATTEMPTS or CCM_RETRY_MAX_AGE_HOURS the delivery fails."""
         with self.database.transaction() as session:
             delivery = service.get_delivery(session, delivery_id, for_update=True)
             delivery.attempts += 1
             delivery.last_error = str(error)[:500]
             delivery.claimed_until = None
+            now = utcnow()
+            settings = self.settings
+            age = now - delivery.created_at
+            if delivery.attempts >= settings.retry_max_attempts or age > dt.timedelta(
+                hours=settings.retry_max_age_hours
+            ):
+                reason = (
+                    f"gave up after {delivery.attempts} attempts over {age.total_seconds():.0f}s: {error}"
+                )
+                delivery.last_error = reason[:500]
+                service.move(
+                    session,
+                    delivery,
+                    DeliveryStatus.failed,
+                    actor=SYSTEM,
+                    payload=_error_payload(delivery, error) | {"error": reason},
+                )
+                return
+            wait = min(settings.retry_base_seconds * 2 ** (delivery.attempts - 1), settings.retry_max_seconds)
+            wait = max(wait * random.uniform(0.8, 1.2), error.retry_after or 0)  # noqa: S311  # jitter, not crypto
+            delivery.next_attempt_at = now + dt.timedelta(seconds=wait)
+            delivery.enqueued_at = delivery.next_attempt_at
             audit.append(
                 session,
                 actor=SYSTEM,
                 action="delivery.attempt_failed",
                 subject_type="delivery",
                 subject_id=delivery_id,
-                payload=_error_payload(delivery, error, retry_after=error.retry_after),
+                payload=_error_payload(
+                    delivery, error, retry_after=error.retry_after, next_attempt_at=delivery.next_attempt_at
+                ),
             )
 
     def _failed(self, delivery_id: str, error: PermanentDeliveryError) -> DeliveryStatus:

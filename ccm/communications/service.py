@@ -7,25 +7,49 @@ delivery's status changes: forward only (status.can_move), each change an audit 
 
 from __future__ import annotations
 
+import datetime as dt
+import enum
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import jsonschema
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ccm import audit
 from ccm.channels import Channel
 from ccm.channels.email import make_message_id
+from ccm.communications import events, routing
 from ccm.communications.models import Communication, Delivery, new_id
 from ccm.communications.status import DeliveryStatus, can_move
 from ccm.config import Settings
 from ccm.customers.models import Customer
 from ccm.db import utcnow
-from ccm.errors import FieldError, InvalidInput, NotFound
+from ccm.errors import Conflict, FieldError, InvalidInput, NotFound
 from ccm.templates_engine import service as templates
-from ccm.templates_engine.models import Category, TemplateKind
+from ccm.templates_engine.models import Category, Template, TemplateKind, TemplateVersion
 
-ACCEPTED = "accepted"
+
+class CommunicationStatus(enum.StrEnum):
+    accepted = "accepted"  # stored; waiting for its send_at or for routing
+    routed = "routed"  # channels decided; deliveries made
+    sent = "sent"  # at least one delivery left ccm
+    delivered = "delivered"  # at least one delivery reached the customer
+    failed = "failed"  # every channel tried failed
+    suppressed = "suppressed"  # consent, e-delivery or a frequency cap left no channel
+    cancelled = "cancelled"
+
+
+# Sent never follows delivered: a late SMS "sent" must not step a communication back.
+_RANK = {CommunicationStatus.sent: 1, CommunicationStatus.delivered: 2}
+
+
+class DuplicateReference(Conflict):
+    slug = "duplicate-reference"
+    title = "This reference was already used"
+
+
 _ADDRESS = {Channel.email: "email address", Channel.sms: "mobile number", Channel.print: "postal address"}
 
 
@@ -52,6 +76,151 @@ def recipient_for(customer: Customer, channel: Channel) -> str | None:
     return customer.external_id  # the portal: every customer has an inbox
 
 
+@dataclass(frozen=True)
+class TemplateFacts:
+    """What checking a trigger needs of its template, read once for a run of triggers."""
+
+    template: Template
+    version: TemplateVersion
+    parts: frozenset[str]
+    validator: jsonschema.protocols.Validator | None
+
+
+class Checker:
+    """Checks triggers before anything is written: the template is a published communication, the data
+    satisfies its schema, each channel has a part and an address, the reference is new. Remembers templates
+    (and compiled schemas) and the references it has let through, for a batch's run of triggers."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._templates: dict[str, TemplateFacts] = {}
+        self._references: set[tuple[int, str]] = set()
+
+    def template(self, key: str, *, pointer: str = "") -> TemplateFacts:
+        facts = self._templates.get(key)
+        if facts is not None:
+            return facts
+        template = templates.get_template(self.session, key=key)
+        if template.kind is not TemplateKind.communication:
+            what = f"'{key}' is a {template.kind.value}, not a communication"
+            raise InvalidInput([FieldError("body", f"{pointer}/template", what)])
+        version = templates.live_version(self.session, template)
+        if version is None:
+            what = f"template '{key}' has no published version"
+            raise InvalidInput([FieldError("body", f"{pointer}/template", what)])
+        schema = version.content.get("schema")
+        facts = TemplateFacts(
+            template, version, frozenset(version.content.get("parts", {})), templates.data_validator(schema)
+        )
+        self._templates[key] = facts
+        return facts
+
+    def check(
+        self,
+        *,
+        template_key: str,
+        customer: Customer,
+        data: dict[str, Any],
+        channels: Sequence[Channel],
+        reference: str | None,
+        pointer: str = "",
+    ) -> TemplateFacts:
+        facts = self.template(template_key, pointer=pointer)
+        if facts.validator is not None:
+            errors = templates.data_errors_of(facts.validator, data, pointer=f"{pointer}/data")
+            if errors:
+                raise InvalidInput(errors)
+        errors = []
+        for index, channel in enumerate(channels):
+            where = f"{pointer}/channels/{index}"
+            if channel.value not in facts.parts:
+                errors.append(
+                    FieldError("body", where, f"template '{template_key}' has no {channel.value} part")
+                )
+            elif recipient_for(customer, channel) is None:
+                errors.append(FieldError("body", where, f"the customer has no {_ADDRESS[channel]}"))
+        if len(set(channels)) != len(channels):
+            errors.append(FieldError("body", f"{pointer}/channels", "a channel is listed twice"))
+        if errors:
+            raise InvalidInput(errors)
+        if reference is not None:
+            key = (facts.template.id, reference)
+            taken = self.session.scalar(
+                select(Communication.id).where(
+                    Communication.template_id == facts.template.id, Communication.reference == reference
+                )
+            )
+            if taken is not None or key in self._references:
+                raise DuplicateReference(
+                    f"reference '{reference}' was already used for template '{template_key}'"
+                    + (f" by communication {taken}" if taken else " earlier in this batch"),
+                    communication=taken,
+                )
+            self._references.add(key)
+        return facts
+
+
+def communication_row(
+    facts: TemplateFacts,
+    *,
+    customer: Customer,
+    data: dict[str, Any],
+    channels: Sequence[Channel],
+    actor: str,
+    now: dt.datetime,
+    options: dict[str, Any] | None = None,
+    parent_id: str | None = None,
+    workflow: str | None = None,
+    reference: str | None = None,
+    send_at: dt.datetime | None = None,
+    batch_id: str | None = None,
+) -> dict[str, Any]:
+    """The columns of a new, accepted communication."""
+    return {
+        "id": new_id(),
+        "template_id": facts.template.id,
+        "template_version_id": facts.version.id,
+        "customer_id": customer.id,
+        "category": facts.template.category.value,
+        "locale": customer.locale or facts.template.default_locale,
+        "data": data,
+        "options": dict(options or {}),
+        "status": CommunicationStatus.accepted.value,
+        "channels": [c.value for c in channels],
+        "workflow": workflow,
+        "reference": reference,
+        "due_at": max(send_at, now) if send_at is not None else now,
+        "routing": {},
+        "batch_id": batch_id,
+        "parent_id": parent_id,
+        "created_at": now,
+        "created_by": actor,
+        "updated_at": now,
+        "enqueued_at": None,
+    }
+
+
+def accepted_event(row: dict[str, Any], facts: TemplateFacts, customer: Customer) -> audit.NewEvent:
+    return audit.NewEvent(
+        actor=row["created_by"],
+        action="communication.accepted",
+        subject_type="communication",
+        subject_id=row["id"],
+        payload={
+            "template": facts.template.key,
+            "version": facts.version.number,
+            "customer": customer.external_id,
+            "category": row["category"],
+            "channels": row["channels"],
+            "send_at": row["due_at"] if row["due_at"] > row["created_at"] else None,
+            "reference": row["reference"],
+            "workflow": row["workflow"],
+            "batch": row["batch_id"],
+            "parent": row["parent_id"],
+        },
+    )
+
+
 def create_communication(
     session: Session,
     settings: Settings,
@@ -59,97 +228,214 @@ def create_communication(
     template_key: str,
     customer: Customer,
     data: dict[str, Any],
-    channels: Sequence[Channel],
+    channels: Sequence[Channel] = (),
     actor: str,
     options: dict[str, Any] | None = None,
     parent_id: str | None = None,
+    workflow: str | None = None,
+    reference: str | None = None,
+    send_at: dt.datetime | None = None,
+    batch_id: str | None = None,
+    now: dt.datetime | None = None,
+    checker: Checker | None = None,
 ) -> Communication:
-    """One communication with a pending delivery per channel, pinned to the template's live version."""
-    template = templates.get_template(session, key=template_key)
-    if template.kind is not TemplateKind.communication:
-        raise InvalidInput(
-            [
-                FieldError(
-                    "body", "/template", f"'{template_key}' is a {template.kind.value}, not a communication"
-                )
-            ]
-        )
-    version = templates.live_version(session, template)
-    if version is None:
-        raise InvalidInput(
-            [FieldError("body", "/template", f"template '{template_key}' has no published version")]
-        )
-    templates.validate_data(version.content.get("schema"), data)
-    parts = version.content.get("parts", {})
-    errors = []
-    for index, channel in enumerate(channels):
-        if channel.value not in parts:
-            errors.append(
-                FieldError(
-                    "body", f"/channels/{index}", f"template '{template_key}' has no {channel.value} part"
-                )
-            )
-        elif recipient_for(customer, channel) is None:
-            what = {"email": "email address", "sms": "mobile number", "print": "postal address"}[
-                channel.value
-            ]
-            errors.append(FieldError("body", f"/channels/{index}", f"the customer has no {what}"))
-    if len(set(channels)) != len(channels):
-        errors.append(FieldError("body", "/channels", "a channel is listed twice"))
-    if errors:
-        raise InvalidInput(errors)
-
-    now = utcnow()
-    communication = Communication(
-        id=new_id(),
-        template_id=template.id,
-        template_version_id=version.id,
-        customer_id=customer.id,
-        category=template.category.value,
-        locale=customer.locale or template.default_locale,
-        data=data,
-        options=dict(options or {}),
-        status=ACCEPTED,
-        parent_id=parent_id,
-        created_at=now,
-        created_by=actor,
+    """A communication, accepted and pinned to the template's live version; routing makes its deliveries.
+    Everything is checked first: nothing is written for a request that cannot be sent as asked."""
+    facts = (checker or Checker(session)).check(
+        template_key=template_key, customer=customer, data=data, channels=channels, reference=reference
     )
+    row = communication_row(
+        facts,
+        customer=customer,
+        data=data,
+        channels=channels,
+        actor=actor,
+        now=now or utcnow(),
+        options=options,
+        parent_id=parent_id,
+        workflow=workflow,
+        reference=reference,
+        send_at=send_at,
+        batch_id=batch_id,
+    )
+    communication = Communication(**row)
     session.add(communication)
-    deliveries = []
-    for channel in channels:
-        delivery = Delivery(
-            id=new_id(),
-            communication_id=communication.id,
-            customer_id=customer.id,
-            channel=channel.value,
-            status=DeliveryStatus.pending.value,
-            recipient=recipient_for(customer, channel),
-            details={},
-            attempts=0,
-            created_at=now,
-            updated_at=now,
+    session.flush()
+    event = accepted_event(row, facts, customer)
+    audit.append(
+        session,
+        actor=event.actor,
+        action=event.action,
+        subject_type=event.subject_type,
+        subject_id=event.subject_id,
+        payload=event.payload,
+    )
+    return communication
+
+
+def new_delivery(
+    session: Session, settings: Settings, communication: Communication, customer: Customer, channel: Channel
+) -> Delivery:
+    now = utcnow()
+    delivery = Delivery(
+        id=new_id(),
+        communication_id=communication.id,
+        customer_id=customer.id,
+        channel=channel.value,
+        status=DeliveryStatus.pending.value,
+        recipient=recipient_for(customer, channel),
+        details={},
+        attempts=0,
+        created_at=now,
+        updated_at=now,
+    )
+    if channel is Channel.email:
+        delivery.message_id = make_message_id(settings.email_from)
+    session.add(delivery)
+    return delivery
+
+
+def get_communication(session: Session, communication_id: str, *, for_update: bool = False) -> Communication:
+    query = select(Communication).where(Communication.id == communication_id)
+    if for_update:
+        query = query.with_for_update()
+    communication = session.scalars(query).one_or_none()
+    if communication is None:
+        raise NotFound(f"there is no communication {communication_id}")
+    return communication
+
+
+def set_status(
+    session: Session,
+    communication: Communication,
+    status: CommunicationStatus,
+    *,
+    actor: str,
+    payload: dict[str, Any] | None = None,
+) -> None:
+    if communication.status == status.value or _RANK.get(status, 0) < _RANK.get(
+        CommunicationStatus(communication.status), 0
+    ):
+        return
+    previous = communication.status
+    communication.status = status.value
+    communication.updated_at = utcnow()
+    audit.append(
+        session,
+        actor=actor,
+        action=f"communication.{status.value}",
+        subject_type="communication",
+        subject_id=communication.id,
+        payload={"from": previous, **(payload or {})},
+    )
+    events.emit(
+        session,
+        f"communication.{status.value}",
+        {"communication": communication.id, "status": status.value, "reference": communication.reference},
+    )
+
+
+def route(
+    session: Session, settings: Settings, communication: Communication, *, actor: str
+) -> list[Delivery]:
+    """Decide the channels of an accepted communication and make its first deliveries (all of them, or the
+    first of a fallback chain). The caller holds the communication's row lock."""
+    customer = session.get_one(Customer, communication.customer_id)
+    version = session.get_one(TemplateVersion, communication.template_version_id)
+    parts = set(version.content.get("parts", {}))
+    reachable = {c for c in Channel if recipient_for(customer, c) is not None}
+    now = utcnow()
+    decision = routing.decide(
+        session,
+        settings,
+        communication=communication,
+        customer=customer,
+        parts=parts,
+        reachable=reachable,
+        now=now,
+    )
+    communication.routing = {**decision.as_dict(), "decided_at": now.isoformat()}
+    for suppressed in decision.suppressed:
+        audit.append(
+            session,
+            actor=actor,
+            action="communication.suppressed",
+            subject_type="communication",
+            subject_id=communication.id,
+            payload=suppressed,
         )
-        if channel is Channel.email:
-            delivery.message_id = make_message_id(settings.email_from)
-        deliveries.append(delivery)
-    session.add_all(deliveries)
+    if not decision.chain:
+        set_status(
+            session, communication, CommunicationStatus.suppressed, actor=actor, payload=decision.as_dict()
+        )
+        return []
+    first = decision.chain if decision.mode == "all" else decision.chain[:1]
+    deliveries = [new_delivery(session, settings, communication, customer, channel) for channel in first]
+    session.flush()
+    set_status(
+        session,
+        communication,
+        CommunicationStatus.routed,
+        actor=actor,
+        payload={
+            **decision.as_dict(),
+            "deliveries": [{"id": d.id, "channel": d.channel} for d in deliveries],
+        },
+    )
+    return deliveries
+
+
+def fall_back(session: Session, settings: Settings, delivery: Delivery, *, actor: str) -> Delivery | None:
+    """After a delivery failed for good: the next channel of the communication's fallback chain, if any."""
+    communication = get_communication(session, delivery.communication_id, for_update=True)
+    if communication.routing.get("mode") != "fallback":
+        return None
+    chain = [Channel(c) for c in communication.routing.get("chain", [])]
+    tried = {d.channel for d in deliveries_of(session, communication.id)}
+    remaining = [c for c in chain if c.value not in tried]
+    if not remaining:
+        return None
+    customer = session.get_one(Customer, communication.customer_id)
+    following = new_delivery(session, settings, communication, customer, remaining[0])
     session.flush()
     audit.append(
         session,
         actor=actor,
-        action="communication.accepted",
+        action="communication.fallback",
         subject_type="communication",
         subject_id=communication.id,
         payload={
-            "template": template_key,
-            "version": version.number,
-            "customer": customer.external_id,
-            "category": template.category.value,
-            "deliveries": [{"id": d.id, "channel": d.channel} for d in deliveries],
-            "parent": parent_id,
+            "failed": {"id": delivery.id, "channel": delivery.channel},
+            "next": {"id": following.id, "channel": following.channel},
         },
     )
-    return communication
+    return following
+
+
+def settle(session: Session, communication: Communication, *, actor: str) -> None:
+    """The communication's status from its deliveries': delivered once one is, sent once one left, failed
+    when every one failed and nothing is left to try."""
+    deliveries = deliveries_of(session, communication.id)
+    statuses = {DeliveryStatus(d.status) for d in deliveries}
+    tried = {d.channel for d in deliveries}
+    untried = [c for c in communication.routing.get("chain", []) if c not in tried]
+    if communication.routing.get("mode") == "fallback" and untried:
+        statuses.add(DeliveryStatus.pending)  # the next channel of the chain is still to come
+    if statuses & {DeliveryStatus.delivered, DeliveryStatus.read}:
+        set_status(session, communication, CommunicationStatus.delivered, actor=actor)
+    elif statuses & {DeliveryStatus.queued, DeliveryStatus.sending, DeliveryStatus.sent}:
+        set_status(session, communication, CommunicationStatus.sent, actor=actor)
+    elif statuses and statuses <= {
+        DeliveryStatus.failed,
+        DeliveryStatus.undelivered,
+        DeliveryStatus.cancelled,
+    }:
+        final = (
+            CommunicationStatus.cancelled
+            if statuses == {DeliveryStatus.cancelled}
+            else CommunicationStatus.failed
+        )
+        set_status(session, communication, final, actor=actor)
 
 
 def get_delivery(session: Session, delivery_id: str, *, for_update: bool = False) -> Delivery:
@@ -200,6 +486,18 @@ def move(
             **(payload or {}),
         },
     )
+    events.emit(
+        session,
+        f"delivery.{status.value}",
+        {
+            "communication": delivery.communication_id,
+            "delivery": delivery.id,
+            "channel": delivery.channel,
+            "status": status.value,
+            **({"reason": payload["error"]} if payload and payload.get("error") else {}),
+        },
+    )
+    settle(session, get_communication(session, delivery.communication_id, for_update=True), actor=actor)
     return True
 
 

@@ -442,10 +442,24 @@ def schema_error(schema: dict[str, Any]) -> FieldError | None:
     return None
 
 
-def data_errors(schema: dict[str, Any], data: dict[str, Any], *, pointer: str) -> list[FieldError]:
-    validator = jsonschema.Draft202012Validator(
+def data_validator(schema: dict[str, Any] | None) -> jsonschema.protocols.Validator | None:
+    """A version's schema compiled once, to check many triggers' data with."""
+    if schema is None:
+        return None
+    validator: jsonschema.protocols.Validator = jsonschema.Draft202012Validator(
         schema, format_checker=jsonschema.FormatChecker(), registry=_NO_REMOTE_REFERENCES
     )
+    return validator
+
+
+def data_errors(schema: dict[str, Any], data: dict[str, Any], *, pointer: str) -> list[FieldError]:
+    validator = data_validator(schema)
+    return data_errors_of(validator, data, pointer=pointer) if validator is not None else []
+
+
+def data_errors_of(
+    validator: jsonschema.protocols.Validator, data: dict[str, Any], *, pointer: str
+) -> list[FieldError]:
     try:
         found = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
     except (Unresolvable, NoSuchResource) as exc:

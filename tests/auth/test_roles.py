@@ -61,6 +61,11 @@ ROLES: dict[tuple[str, str], tuple[frozenset[Role], int]] = {
         200,
     ),
     ("GET", "/v1/audit/verify"): (frozenset({Role.admin, Role.auditor}), 200),
+    ("GET", "/v1/audit/events"): (frozenset({Role.admin, Role.auditor}), 200),
+    ("GET", "/v1/audit/export"): (frozenset({Role.admin, Role.auditor}), 200),
+    # No communication has the id below, and no row references the all-zero hash.
+    ("GET", "/v1/audit/communications/{communication_id}"): (frozenset({Role.admin, Role.auditor}), 404),
+    ("GET", "/v1/audit/artifacts/{sha256}"): (frozenset({Role.admin, Role.auditor}), 404),
     ("POST", "/v1/templates"): (AUTHORS, 201),
     ("GET", "/v1/templates"): (ALL, 200),
     ("GET", "/v1/templates/{key}"): (ALL, 200),
@@ -75,6 +80,16 @@ ROLES: dict[tuple[str, str], tuple[frozenset[Role], int]] = {
     ("GET", "/v1/templates/{key}/versions/{number}/diff"): (REVIEWERS, 200),
     ("GET", "/v1/templates/{key}/usage"): (REVIEWERS, 200),
     ("POST", "/v1/templates/{key}/preview"): (frozenset({*AUTHORS, *APPROVERS}), 200),
+    # The communication id below does not exist (404); a trigger with no body is refused (422).
+    ("POST", "/v1/communications"): (frozenset({Role.admin, Role.sender}), 422),
+    ("GET", "/v1/communications"): (READERS, 200),
+    ("GET", "/v1/communications/{communication_id}"): (READERS, 404),
+    ("POST", "/v1/communications/{communication_id}/cancel"): (frozenset({Role.admin, Role.sender}), 404),
+    ("POST", "/v1/batches"): (frozenset({Role.admin, Role.sender}), 415),  # the test sends JSON, not a file
+    ("GET", "/v1/batches/{batch_id}"): (READERS, 404),
+    ("POST", "/v1/webhooks"): (frozenset({Role.admin}), 422),
+    ("GET", "/v1/webhooks"): (frozenset({Role.admin}), 200),
+    ("DELETE", "/v1/webhooks/{webhook_id}"): (frozenset({Role.admin}), 404),
     # No letter waits for print here (409), and the batch id below does not exist (404).
     ("POST", "/v1/print-batches"): (PRINT_OPERATORS, 409),
     ("GET", "/v1/print-batches"): (PRINT_READERS, 200),
@@ -114,6 +129,9 @@ def url_for(path: str, role: Role) -> str:
         "external_id": "CUST-ROLES",
         "key_id": "00000000-0000-0000-0000-000000000000",
         "batch_id": "00000000-0000-0000-0000-000000000000",
+        "communication_id": "00000000-0000-0000-0000-000000000000",
+        "webhook_id": "00000000-0000-0000-0000-000000000000",
+        "sha256": "0" * 64,
         "key": f"roles_{role.value}",
         "number": VERSION_FOR.get(verb, 1),
     }

@@ -83,11 +83,7 @@ def test_a_notice_that_cannot_be_made_is_logged_and_the_portal_message_stays(
 ) -> None:
     # CUST-1006 has no mobile number: the SMS notice cannot be made.
     delivery = sender.send(
-        "annual_statement",
-        "CUST-1006",
-        sample("annual_statement"),
-        [Channel.portal],
-        options={"portal_notice": ["sms"]},
+        "welcome", "CUST-1006", sample("welcome"), [Channel.portal], options={"portal_notice": ["sms"]}
     )
     assert delivery.status == DeliveryStatus.delivered
     assert count_events(database, "communication.notice_failed") == 1

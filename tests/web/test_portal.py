@@ -50,7 +50,7 @@ def deliver(
             channels=[Channel.portal],
             actor="test:sender",
         )
-        [delivery] = service.deliveries_of(session, communication.id)
+        [delivery] = service.route(session, settings, communication, actor="test:router")
     assert deliverer.deliver(delivery.id) is DeliveryStatus.delivered
     return delivery.id
 

@@ -1,0 +1,210 @@
+"""The send pipeline: route an accepted communication, deliver its deliveries with retries and fallback, and
+the relay that hands due or lost work to the queue again.
+
+The database is the source of truth. A communication is committed (accepted, with its due time) before it
+is queued; a delivery is made pending before it is queued. The queue only says "look at this id now": the
+actors re-read state, do nothing for work that is done or not yet due, and a delivery is claimed before it
+is sent (ccm.communications.delivery). The relay looks for accepted communications that are due and
+pending deliveries whose time has come, whose last queuing is older than CCM_RELAY_STALE_SECONDS, and
+queues them again: a lost queue message or a killed worker loses nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy import delete, or_, select, update
+
+from ccm import audit
+from ccm.channels import Channel
+from ccm.channels.base import TransientDeliveryError
+from ccm.communications import routing, service
+from ccm.communications.delivery import SYSTEM, Deliverer
+from ccm.communications.models import Communication, Delivery, IdempotencyKey, WebhookMessage
+from ccm.communications.service import CommunicationStatus
+from ccm.communications.status import DeliveryStatus
+from ccm.config import Settings
+from ccm.customers.models import Customer
+from ccm.db import Database, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class Queue(Protocol):
+    """Where work is handed over: Dramatiq actors (ccm.communications.tasks), or a test's own list."""
+
+    def route(self, communication_id: str, at: dt.datetime | None = None) -> None: ...
+
+    def deliver(self, delivery_id: str, at: dt.datetime | None = None) -> None: ...
+
+    def webhook(self, message_id: str, at: dt.datetime | None = None) -> None: ...
+
+
+@dataclass
+class RelayCount:
+    communications: int = 0
+    deliveries: int = 0
+    webhooks: int = 0
+
+
+class Pipeline:
+    def __init__(self, *, database: Database, settings: Settings, deliverer: Deliverer, queue: Queue) -> None:
+        self.database = database
+        self.settings = settings
+        self.deliverer = deliverer
+        self.queue = queue
+
+    # --- routing --------------------------------------------------------------------------------------------
+
+    def route(self, communication_id: str) -> None:
+        now = utcnow()
+        with self.database.transaction() as session:
+            communication = service.get_communication(session, communication_id, for_update=True)
+            if communication.status != CommunicationStatus.accepted.value or communication.due_at > now:
+                return
+            deliveries = service.route(session, self.settings, communication, actor=SYSTEM)
+            for delivery in deliveries:
+                delivery.enqueued_at = max(delivery.next_attempt_at or now, now)
+            handed = [(d.id, d.next_attempt_at) for d in deliveries]
+        for delivery_id, at in handed:
+            self.queue.deliver(delivery_id, at)
+
+    # --- delivering -----------------------------------------------------------------------------------------
+
+    def deliver(self, delivery_id: str) -> None:
+        now = utcnow()
+        with self.database.read() as session:
+            delivery = service.get_delivery(session, delivery_id)
+            if delivery.status != DeliveryStatus.pending.value:
+                return
+            if delivery.next_attempt_at is not None and delivery.next_attempt_at > now:
+                return  # not yet: the delayed message or the relay brings it back in time
+            timezone = None
+            if delivery.channel == Channel.sms.value:
+                timezone = session.get_one(Customer, delivery.customer_id).timezone
+        if delivery.channel == Channel.sms.value:
+            later = routing.next_sms_time(self.settings, timezone, now)
+            if later is not None:
+                self._defer(delivery_id, later)
+                return
+        try:
+            status = self.deliverer.deliver(delivery_id)
+        except TransientDeliveryError:
+            status = self._after_transient(delivery_id)
+        if status is DeliveryStatus.failed:
+            self._fall_back(delivery_id)
+
+    def _defer(self, delivery_id: str, until: dt.datetime) -> None:
+        with self.database.transaction() as session:
+            delivery = service.get_delivery(session, delivery_id, for_update=True)
+            delivery.next_attempt_at = delivery.enqueued_at = until
+            audit.append(
+                session,
+                actor=SYSTEM,
+                action="delivery.deferred",
+                subject_type="delivery",
+                subject_id=delivery_id,
+                payload={
+                    "communication": delivery.communication_id,
+                    "channel": delivery.channel,
+                    "until": until,
+                    "reason": f"outside the SMS window {self.settings.sms_send_window}, customer's time",
+                },
+            )
+        self.queue.deliver(delivery_id, until)
+
+    def _after_transient(self, delivery_id: str) -> DeliveryStatus:
+        with self.database.read() as session:
+            delivery = service.get_delivery(session, delivery_id)
+        if delivery.status == DeliveryStatus.pending.value:
+            self.queue.deliver(delivery_id, delivery.next_attempt_at)
+        return DeliveryStatus(delivery.status)
+
+    def _fall_back(self, delivery_id: str) -> None:
+        with self.database.transaction() as session:
+            delivery = service.get_delivery(session, delivery_id, for_update=True)
+            following = service.fall_back(session, self.settings, delivery, actor=SYSTEM)
+            if following is None:
+                return
+            following.enqueued_at = max(following.next_attempt_at or utcnow(), utcnow())
+            handed = (following.id, following.next_attempt_at)
+        self.queue.deliver(*handed)
+
+    # --- the relay ------------------------------------------------------------------------------------------
+
+    def relay(self, *, limit: int = 5000) -> RelayCount:
+        """Queue again what is due and not in the queue's hands any more (never queued, or queued more than
+        CCM_RELAY_STALE_SECONDS ago and unfinished). Safe to run anywhere, any number of times."""
+        now = utcnow()
+        stale = now - dt.timedelta(seconds=self.settings.relay_stale_seconds)
+        count = RelayCount()
+        with self.database.transaction() as session:
+            communications = list(
+                session.scalars(
+                    select(Communication.id)
+                    .where(
+                        Communication.status == CommunicationStatus.accepted.value,
+                        Communication.due_at <= now,
+                        or_(Communication.enqueued_at.is_(None), Communication.enqueued_at < stale),
+                    )
+                    .order_by(Communication.due_at)
+                    .limit(limit)
+                )
+            )
+            deliveries = list(
+                session.scalars(
+                    select(Delivery.id)
+                    .where(
+                        Delivery.status == DeliveryStatus.pending.value,
+                        or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+                        or_(Delivery.enqueued_at.is_(None), Delivery.enqueued_at < stale),
+                        or_(Delivery.claimed_until.is_(None), Delivery.claimed_until < now),
+                    )
+                    .limit(limit)
+                )
+            )
+            messages = list(
+                session.scalars(
+                    select(WebhookMessage.id)
+                    .where(
+                        WebhookMessage.status == "pending",
+                        or_(WebhookMessage.next_attempt_at.is_(None), WebhookMessage.next_attempt_at <= now),
+                        or_(WebhookMessage.enqueued_at.is_(None), WebhookMessage.enqueued_at < stale),
+                    )
+                    .limit(limit)
+                )
+            )
+            # Idempotency keys are kept for their 7 days, then forgotten.
+            session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at < now))
+            if communications:
+                session.execute(
+                    update(Communication).where(Communication.id.in_(communications)).values(enqueued_at=now)
+                )
+            if deliveries:
+                session.execute(update(Delivery).where(Delivery.id.in_(deliveries)).values(enqueued_at=now))
+            if messages:
+                session.execute(
+                    update(WebhookMessage).where(WebhookMessage.id.in_(messages)).values(enqueued_at=now)
+                )
+        for communication_id in communications:
+            self.queue.route(communication_id)
+        for delivery_id in deliveries:
+            self.queue.deliver(delivery_id)
+        for message_id in messages:
+            self.queue.webhook(message_id)
+        count.communications, count.deliveries, count.webhooks = (
+            len(communications),
+            len(deliveries),
+            len(messages),
+        )
+        if communications or deliveries or messages:
+            log.info(
+                "relay queued %d communications, %d deliveries, %d webhook messages",
+                count.communications,
+                count.deliveries,
+                count.webhooks,
+            )
+        return count

@@ -1,0 +1,141 @@
+"""The routing decision: which channels a communication goes to, in what order, and what is suppressed.
+
+- Channels asked for explicitly all receive it ("all"); otherwise the customer's preferred channels, then
+  the template's other channels, form a fallback chain: the first is tried, a permanent failure moves on.
+- Consent: marketing needs an opt-in on that channel; a service or regulatory message goes unless the
+  customer withdrew that channel for service messages (an SMS STOP, for instance). Regulatory documents go
+  electronically (email, SMS, portal) only with e-delivery consent, otherwise by print. Every channel left
+  out is said in the log (`communication.suppressed`), never skipped silently.
+- Frequency caps (CCM_FREQUENCY_CAPS): at most N communications of a category per customer in a period.
+- SMS quiet hours: outside CCM_SMS_SEND_WINDOW in the customer's time zone, an SMS waits for the window.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ccm.channels import Channel
+from ccm.communications.models import Communication
+from ccm.config import Settings, parse_cap
+from ccm.customers.models import Consent, Customer
+from ccm.templates_engine.models import Category
+
+ELECTRONIC = (Channel.email, Channel.sms, Channel.portal)
+# The template's channels, when the customer states no preference: cheapest and quickest first.
+DEFAULT_ORDER = (Channel.email, Channel.sms, Channel.portal, Channel.print)
+UNCOUNTED = ("suppressed", "cancelled")  # statuses that do not count against a frequency cap
+
+
+@dataclass
+class Decision:
+    mode: str  # "all" | "fallback"
+    chain: list[Channel]
+    suppressed: list[dict[str, str]] = field(default_factory=list)
+    reason: str | None = None  # why nothing goes, when the chain is empty
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "chain": [c.value for c in self.chain],
+            "suppressed": self.suppressed,
+            **({"reason": self.reason} if self.reason else {}),
+        }
+
+
+def _consents(session: Session, customer: Customer) -> dict[tuple[str, str], bool]:
+    rows = session.scalars(select(Consent).where(Consent.customer_id == customer.id))
+    return {(row.channel, row.purpose): row.granted for row in rows}
+
+
+def decide(
+    session: Session,
+    settings: Settings,
+    *,
+    communication: Communication,
+    customer: Customer,
+    parts: set[str],
+    reachable: set[Channel],
+    now: dt.datetime,
+) -> Decision:
+    asked = [Channel(c) for c in communication.channels]
+    if asked:
+        decision = Decision("all", list(asked))
+    else:
+        preferred = [Channel(c) for c in customer.preferred_channels if c in parts]
+        rest = [c for c in DEFAULT_ORDER if c.value in parts and c not in preferred]
+        decision = Decision("fallback", [c for c in preferred + rest if c in reachable])
+
+    def drop(channel: Channel, reason: str) -> None:
+        if channel in decision.chain:
+            decision.chain.remove(channel)
+            decision.suppressed.append({"channel": channel.value, "reason": reason})
+
+    category = communication.category
+    consents = _consents(session, customer)
+    if category == Category.regulatory.value and not customer.e_delivery:
+        for channel in ELECTRONIC:
+            drop(channel, "a regulatory document goes electronically only with e-delivery consent")
+        if (
+            Channel.print not in decision.chain
+            and Channel.print.value in parts
+            and Channel.print in reachable
+        ):
+            decision.chain.append(Channel.print)
+    for channel in list(decision.chain):
+        if category == Category.marketing.value:
+            if consents.get((channel.value, "marketing")) is not True:
+                withdrawn = consents.get((channel.value, "marketing")) is False
+                drop(
+                    channel,
+                    f"marketing {'consent withdrawn' if withdrawn else 'needs an opt-in'} on {channel}",
+                )
+        elif consents.get((channel.value, "service")) is False:
+            drop(channel, f"the customer withdrew {channel} for service messages")
+
+    cap = settings.frequency_caps.get(category)
+    if cap and decision.chain:
+        count, seconds = parse_cap(cap)
+        recent = session.scalar(
+            select(func.count())
+            .select_from(Communication)
+            .where(
+                Communication.customer_id == customer.id,
+                Communication.category == category,
+                Communication.id != communication.id,
+                Communication.created_at >= now - dt.timedelta(seconds=seconds),
+                Communication.status.not_in(UNCOUNTED),
+            )
+        )
+        if (recent or 0) >= count:
+            for channel in list(decision.chain):
+                drop(channel, f"frequency cap: {cap} {category} communications")
+    if not decision.chain:
+        decision.reason = (
+            "; ".join(s["reason"] for s in decision.suppressed) or "no channel can reach the customer"
+        )
+    return decision
+
+
+def _window(settings: Settings) -> tuple[dt.time, dt.time]:
+    start, end = settings.sms_send_window.split("-")
+    end_time = dt.time.max if end == "24:00" else dt.time.fromisoformat(end)
+    return dt.time.fromisoformat(start), end_time
+
+
+def next_sms_time(settings: Settings, timezone: str | None, now: dt.datetime) -> dt.datetime | None:
+    """When an SMS may go out, in UTC, if not now: the next opening of the send window in the customer's
+    time zone. None: now is inside the window."""
+    zone = zoneinfo.ZoneInfo(timezone or "UTC")
+    local = now.astimezone(zone)
+    start, end = _window(settings)
+    if start <= local.time() < end:
+        return None
+    day = local.date() if local.time() < start else local.date() + dt.timedelta(days=1)
+    opening = dt.datetime.combine(day, start, tzinfo=zone)
+    return opening.astimezone(dt.UTC)

@@ -1,0 +1,109 @@
+"""The pipeline's actors on Dramatiq, and the relay loop. The same code runs in embedded mode (a StubBroker
+and worker threads inside `ccm serve`) and scaled out (Redis, `ccm worker` processes).
+
+Actors carry ids only and never retry through Dramatiq: the pipeline records attempts and schedules the
+next one itself (a delayed message, and the relay behind it), so the database alone says what is left.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable
+
+import dramatiq
+
+from ccm.communications import webhooks
+from ccm.communications.delivery import make_deliverer
+from ccm.communications.pipeline import Pipeline
+from ccm.config import Settings
+from ccm.db import Database, utcnow
+from ccm.templates_engine.render import TemplateEngine
+
+log = logging.getLogger(__name__)
+
+QUEUE = "ccm"
+# Dramatiq's own time limit, far above any one step's (render limits, SMTP and HTTP timeouts).
+TIME_LIMIT_MS = 15 * 60 * 1000
+
+
+def _delay(at: dt.datetime | None) -> int | None:
+    if at is None:
+        return None
+    milliseconds = int((at - utcnow()).total_seconds() * 1000)
+    return milliseconds if milliseconds > 0 else None
+
+
+class DramatiqQueue:
+    """The Queue the pipeline hands work to: three actors declared on one broker."""
+
+    def __init__(self, broker: dramatiq.Broker, runtime: Runtime) -> None:
+        def actor(name: str, function: Callable[[str], None]) -> dramatiq.Actor[[str], None]:
+            decorate = dramatiq.actor(
+                broker=broker, actor_name=name, queue_name=QUEUE, max_retries=0, time_limit=TIME_LIMIT_MS
+            )
+            return decorate(function)
+
+        self._route = actor("ccm.route", lambda i: runtime.pipeline().route(i))
+        self._deliver = actor("ccm.deliver", lambda i: runtime.pipeline().deliver(i))
+        self._webhook = actor("ccm.webhook", runtime.send_webhook)
+
+    def route(self, communication_id: str, at: dt.datetime | None = None) -> None:
+        self._route.send_with_options(args=(communication_id,), delay=_delay(at))
+
+    def deliver(self, delivery_id: str, at: dt.datetime | None = None) -> None:
+        self._deliver.send_with_options(args=(delivery_id,), delay=_delay(at))
+
+    def webhook(self, message_id: str, at: dt.datetime | None = None) -> None:
+        self._webhook.send_with_options(args=(message_id,), delay=_delay(at))
+
+
+class Runtime:
+    """What the actors of one process work with."""
+
+    def __init__(
+        self, *, database: Database, settings: Settings, engine: TemplateEngine, broker: dramatiq.Broker
+    ) -> None:
+        self.database = database
+        self.settings = settings
+        self.queue = DramatiqQueue(broker, self)
+        self._pipeline = Pipeline(
+            database=database,
+            settings=settings,
+            deliverer=make_deliverer(database, settings, engine),
+            queue=self.queue,
+        )
+
+    def pipeline(self) -> Pipeline:
+        return self._pipeline
+
+    def send_webhook(self, message_id: str) -> None:
+        again = webhooks.send(self.database, self.settings, message_id)
+        if again is not None:
+            self.queue.webhook(message_id, again)
+
+
+class RelayLoop:
+    """Runs the relay at start and every CCM_RELAY_INTERVAL seconds, in a thread of its own."""
+
+    def __init__(self, pipeline: Pipeline, interval: float) -> None:
+        self._pipeline = pipeline
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ccm-relay", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._pipeline.relay()
+            except Exception:  # a database hiccup must not end the loop; the next round tries again
+                log.exception("the relay failed; trying again in %.0fs", self._interval)
+            self._stop.wait(self._interval)

@@ -1,0 +1,320 @@
+"""Triggering, reading, listing and cancelling communications: what the HTTP API and batches call."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ccm.audit.models import AuditEvent
+from ccm.auth.service import Principal
+from ccm.channels import Channel
+from ccm.communications import service
+from ccm.communications.models import Communication, IdempotencyKey
+from ccm.communications.schemas import (
+    AcceptedOut,
+    CommunicationOut,
+    DeliveryOut,
+    InlineCustomer,
+    TimelineEntry,
+    TriggerIn,
+)
+from ccm.communications.service import CommunicationStatus
+from ccm.communications.status import DeliveryStatus
+from ccm.config import Settings
+from ccm.customers import service as customers
+from ccm.customers.models import Customer
+from ccm.customers.schemas import CustomerIn
+from ccm.db import Database, utcnow
+from ccm.errors import Conflict, FieldError, InvalidInput, NotFound
+from ccm.templates_engine.models import Template, TemplateVersion
+
+IDEMPOTENCY_DAYS = 7
+
+
+class IdempotencyConflict(Conflict):
+    slug = "idempotency-key-reused"
+    title = "This Idempotency-Key was used with another request"
+
+
+class NotCancellable(Conflict):
+    slug = "not-cancellable"
+    title = "The communication has gone out already"
+
+
+@dataclass(frozen=True)
+class Accepted:
+    status_code: int
+    body: dict[str, Any]
+    replayed: bool
+    communication_id: str
+    due_at: dt.datetime
+
+
+def request_hash(body: TriggerIn) -> str:
+    text = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def resolve_customer(session: Session, given: str | InlineCustomer, *, actor: str, pointer: str) -> Customer:
+    if isinstance(given, str):
+        found = session.scalars(select(Customer).where(Customer.external_id == given)).one_or_none()
+        if found is None:
+            raise InvalidInput([FieldError("body", pointer, f"there is no customer '{given}'", "not_found")])
+        return found
+    profile = CustomerIn.model_validate(given.model_dump(exclude={"external_id"}))
+    customer, _ = customers.upsert_customer(
+        session, external_id=given.external_id, profile=profile, actor=actor
+    )
+    return customer
+
+
+def accept(
+    session: Session,
+    settings: Settings,
+    body: TriggerIn,
+    *,
+    actor: str,
+    batch_id: str | None = None,
+    pointer: str = "",
+    queued: bool = True,
+    checker: service.Checker | None = None,
+) -> Communication:
+    """Check and store one trigger; nothing is stored if anything in it is wrong. `queued`: the caller hands
+    it to the queue once committed; otherwise the relay finds it on its next round."""
+    if body.workflow is not None:
+        raise InvalidInput(
+            [
+                FieldError(
+                    "body", f"{pointer}/workflow", f"there is no workflow '{body.workflow}'", "not_found"
+                )
+            ]
+        )
+    customer = resolve_customer(session, body.customer, actor=actor, pointer=f"{pointer}/customer")
+    now = utcnow()
+    communication = service.create_communication(
+        session,
+        settings,
+        template_key=body.template,
+        customer=customer,
+        data=body.data,
+        channels=body.channels,
+        actor=actor,
+        reference=body.reference,
+        send_at=body.send_at,
+        batch_id=batch_id,
+        now=now,
+        checker=checker,
+    )
+    # Handed to the queue as soon as this commits (or, for later, when it falls due): the relay takes it
+    # again only if it is still unrouted a while after that.
+    communication.enqueued_at = communication.due_at if queued else None
+    return communication
+
+
+def trigger(
+    database: Database,
+    settings: Settings,
+    body: TriggerIn,
+    *,
+    principal: Principal,
+    idempotency_key: str | None,
+) -> Accepted:
+    digest = request_hash(body)
+    try:
+        return _trigger_once(database, settings, body, principal, idempotency_key, digest)
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        # Another request with the same key won the race: answer as it was answered.
+        return _trigger_once(database, settings, body, principal, idempotency_key, digest)
+
+
+def _trigger_once(
+    database: Database,
+    settings: Settings,
+    body: TriggerIn,
+    principal: Principal,
+    idempotency_key: str | None,
+    digest: str,
+) -> Accepted:
+    with database.transaction() as session:
+        now = utcnow()
+        if idempotency_key is not None:
+            kept = session.get(IdempotencyKey, (principal.key_id, idempotency_key), with_for_update=True)
+            if kept is not None and kept.expires_at > now:
+                if kept.request_hash != digest:
+                    raise IdempotencyConflict(
+                        "this Idempotency-Key was first used with a different request body; use a new key "
+                        "for a new request"
+                    )
+                return Accepted(
+                    kept.status_code,
+                    kept.response,
+                    True,
+                    str(kept.response["id"]),
+                    dt.datetime.fromisoformat(str(kept.response["due_at"])),
+                )
+            if kept is not None:
+                session.delete(kept)
+                session.flush()
+        communication = accept(session, settings, body, actor=principal.actor)
+        response = AcceptedOut(
+            id=communication.id, status=communication.status, due_at=communication.due_at
+        ).model_dump(mode="json")
+        if idempotency_key is not None:
+            session.add(
+                IdempotencyKey(
+                    owner=principal.key_id,
+                    key=idempotency_key,
+                    request_hash=digest,
+                    status_code=202,
+                    response=response,
+                    created_at=now,
+                    expires_at=now + dt.timedelta(days=IDEMPOTENCY_DAYS),
+                )
+            )
+            session.flush()
+        return Accepted(202, response, False, communication.id, communication.due_at)
+
+
+def communication_out(
+    session: Session, communication: Communication, *, full: bool = True
+) -> CommunicationOut:
+    template = session.get_one(Template, communication.template_id)
+    version = session.get_one(TemplateVersion, communication.template_version_id)
+    customer = session.get_one(Customer, communication.customer_id)
+    deliveries = service.deliveries_of(session, communication.id) if full else []
+    timeline: list[TimelineEntry] = []
+    if full:
+        subjects = or_(
+            (AuditEvent.subject_type == "communication") & (AuditEvent.subject_id == communication.id),
+            (AuditEvent.subject_type == "delivery") & AuditEvent.subject_id.in_([d.id for d in deliveries]),
+        )
+        timeline = [
+            TimelineEntry(
+                seq=event.seq,
+                occurred_at=event.occurred_at,
+                actor=event.actor,
+                action=event.action,
+                subject=f"{event.subject_type}:{event.subject_id}",
+                payload=json.loads(event.payload),
+            )
+            for event in session.scalars(select(AuditEvent).where(subjects).order_by(AuditEvent.seq))
+        ]
+    return CommunicationOut(
+        id=communication.id,
+        template=template.key,
+        version=version.number,
+        customer=customer.external_id,
+        category=communication.category,
+        status=communication.status,
+        channels=communication.channels,
+        workflow=communication.workflow,
+        reference=communication.reference,
+        due_at=communication.due_at,
+        routing=communication.routing,
+        parent_id=communication.parent_id,
+        batch_id=communication.batch_id,
+        created_at=communication.created_at,
+        created_by=communication.created_by,
+        updated_at=communication.updated_at,
+        deliveries=[DeliveryOut.model_validate(d, from_attributes=True) for d in deliveries],
+        timeline=timeline,
+    )
+
+
+@dataclass(frozen=True)
+class CommunicationFilter:
+    customer: str | None = None
+    template: str | None = None
+    status: str | None = None
+    reference: str | None = None
+    batch: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+
+
+def list_communications(
+    session: Session, *, where: CommunicationFilter, after: tuple[dt.datetime, str] | None, limit: int
+) -> tuple[list[Communication], tuple[dt.datetime, str] | None]:
+    """Newest first; keyset pagination on (created_at, id)."""
+    query = select(Communication)
+    if where.customer is not None:
+        query = query.join(Customer, Customer.id == Communication.customer_id).where(
+            Customer.external_id == where.customer
+        )
+    if where.template is not None:
+        query = query.join(Template, Template.id == Communication.template_id).where(
+            Template.key == where.template
+        )
+    if where.status is not None:
+        query = query.where(Communication.status == where.status)
+    if where.reference is not None:
+        query = query.where(Communication.reference == where.reference)
+    if where.batch is not None:
+        query = query.where(Communication.batch_id == where.batch)
+    if where.since is not None:
+        query = query.where(Communication.created_at >= where.since)
+    if where.until is not None:
+        query = query.where(Communication.created_at < where.until)
+    if after is not None:
+        at, last_id = after
+        query = query.where(
+            or_(
+                Communication.created_at < at, (Communication.created_at == at) & (Communication.id < last_id)
+            )
+        )
+    rows = list(
+        session.scalars(
+            query.order_by(Communication.created_at.desc(), Communication.id.desc()).limit(limit + 1)
+        )
+    )
+    page = rows[:limit]
+    following = (page[-1].created_at, page[-1].id) if len(rows) > limit else None
+    return page, following
+
+
+def cancel(database: Database, communication_id: str, *, actor: str) -> None:
+    """Cancel a communication that has not gone out: nothing of it sent, handed over or being sent."""
+    with database.transaction() as session:
+        communication = service.get_communication(session, communication_id, for_update=True)
+        if communication.status == CommunicationStatus.cancelled.value:
+            return
+        if communication.status not in (CommunicationStatus.accepted.value, CommunicationStatus.routed.value):
+            raise NotCancellable(
+                f"communication {communication_id} is {communication.status}: too late to cancel"
+            )
+        deliveries = [
+            service.get_delivery(session, d.id, for_update=True)
+            for d in service.deliveries_of(session, communication_id)
+        ]
+        now = utcnow()
+        for delivery in deliveries:
+            in_flight = delivery.claimed_until is not None and delivery.claimed_until > now
+            waiting_for_print = (
+                delivery.channel == Channel.print.value
+                and delivery.status == DeliveryStatus.queued.value
+                and delivery.print_batch_id is None
+            )
+            if (delivery.status != DeliveryStatus.pending.value and not waiting_for_print) or in_flight:
+                raise NotCancellable(
+                    f"its {delivery.channel} delivery is {'being sent' if in_flight else delivery.status}: "
+                    "too late to cancel"
+                )
+        for delivery in deliveries:
+            service.move(session, delivery, DeliveryStatus.cancelled, actor=actor)
+        service.set_status(session, communication, CommunicationStatus.cancelled, actor=actor)
+
+
+def get(session: Session, communication_id: str) -> Communication:
+    communication = session.get(Communication, communication_id)
+    if communication is None:
+        raise NotFound(f"there is no communication {communication_id}")
+    return communication
