@@ -100,7 +100,7 @@ class Settings(BaseSettings):
         default=10.0, gt=0, le=3600, description="Seconds between the relay's looks for due or lost work."
     )
     relay_stale_seconds: float = Field(
-        default=300.0, gt=0, le=86400, description="Queued work unfinished this long is queued again."
+        default=600.0, gt=0, le=86400, description="Queued work unfinished this long is queued again."
     )
     webhook_timeout: float = Field(
         default=10.0, gt=0, le=60, description="Seconds to wait for a webhook's answer."
@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     )
     sms_send_window: str = Field(
         default="08:00-21:00",
-        pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-4]):[0-5][0-9]$",
+        pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]-(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$",
         description="When SMS may reach customers, in their own time zone; outside it they wait.",
     )
     frequency_caps: dict[str, str] = Field(

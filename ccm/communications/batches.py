@@ -6,6 +6,7 @@ one by one and stored in chunks; a bad row is recorded with its number and probl
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ from ccm.templates_engine import service as templates
 
 CHUNK = 500
 MAX_LINE = 1_000_000
+TOO_LONG = b"\x00too long\x00"  # what split_lines gives for a line over MAX_LINE
+csv.field_size_limit(MAX_LINE)  # a cell may be as long as a line
+_TOO_LONG_PROBLEM = {"path": "", "message": f"the line is longer than {MAX_LINE} bytes", "type": "too_long"}
 SHOWN_ERRORS = 100
 
 
@@ -35,7 +39,7 @@ SHOWN_ERRORS = 100
 class Progress:
     accepted: int = 0
     rejected: int = 0
-    accepted_ids: list[str] = field(default_factory=list)
+    handed: list[tuple[str, dt.datetime]] = field(default_factory=list)  # (id, due_at) to queue
 
 
 def _pydantic_errors(exc: ValidationError) -> list[dict[str, Any]]:
@@ -51,13 +55,12 @@ def _field_errors(errors: list[FieldError]) -> list[dict[str, Any]]:
 
 def jsonl_rows(lines: Iterable[bytes]) -> Iterator[tuple[int, TriggerIn | list[dict[str, Any]]]]:
     for number, line in enumerate(lines, start=1):
-        if not line.strip():
+        if line is TOO_LONG:
+            yield number, [_TOO_LONG_PROBLEM]
             continue
-        if len(line) > MAX_LINE:
-            yield (
-                number,
-                [{"path": "", "message": f"the line is longer than {MAX_LINE} bytes", "type": "too_long"}],
-            )
+        if number == 1:
+            line = line.removeprefix(b"\xef\xbb\xbf")  # a byte order mark some tools write
+        if not line.strip():
             continue
         try:
             yield number, TriggerIn.model_validate_json(line)
@@ -87,11 +90,24 @@ def csv_rows(
 ) -> Iterator[tuple[int, TriggerIn | list[dict[str, Any]]]]:
     """Each row a trigger of `template`. `mapping` names the column of each field ("customer",
     "reference", "send_at", "channels", or "data.<name>"); unmapped columns go to data under their header."""
-    reader = csv.reader(line.decode("utf-8-sig") for line in lines)
+    numbers: list[int] = []  # how many lines were read: records may span lines (quoted newlines)
+
+    def decoded() -> Iterator[str]:
+        for number, line in enumerate(lines, start=1):
+            numbers.append(number)
+            if line is TOO_LONG:
+                yield "\x00too long\x00\n"
+                continue
+            # Undecodable bytes are kept as stand-ins, and the row holding them is refused by number.
+            yield line.decode("utf-8-sig" if number == 1 else "utf-8", "surrogateescape")
+
+    reader = csv.reader(decoded())
     try:
         header = next(reader)
     except StopIteration:
         return
+    except csv.Error as exc:
+        raise InvalidInput([FieldError("body", "/", f"the CSV header cannot be read: {exc}")]) from None
     by_field = {target: column for target, column in mapping.items()}
     missing = [column for column in by_field.values() if column not in header]
     if missing:
@@ -101,8 +117,22 @@ def csv_rows(
     mapped_columns = set(by_field.values())
     customer_column = by_field.get("customer") or ("customer" if "customer" in header else "external_id")
     properties = schema.get("properties", {})
-    for number, values in enumerate(reader, start=2):  # row 1 is the header
+    while True:
+        number = len(numbers) + 1  # the line this record starts on
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield number, [{"path": "", "message": f"not CSV: {exc}", "type": "csv"}]
+            continue
         if not any(values):
+            continue
+        if any("\x00too long\x00" in v for v in values):
+            yield number, [_TOO_LONG_PROBLEM]
+            continue
+        if any(any("\udc80" <= c <= "\udcff" for c in v) for v in values):
+            yield number, [{"path": "", "message": "the row is not UTF-8 text", "type": "encoding"}]
             continue
         row = dict(zip(header, values, strict=False))
         if len(values) != len(header):
@@ -243,7 +273,7 @@ def _store(
                     values["enqueued_at"] = values["due_at"] if queued else None
                     inserts.append(values)
                     events.append(service.accepted_event(values, facts, customer))
-                    progress.accepted_ids.append(values["id"])
+                    progress.handed.append((values["id"], values["due_at"]))
                 else:
                     with session.begin_nested():
                         communication = trigger.accept(
@@ -255,7 +285,7 @@ def _store(
                             queued=queued,
                             checker=checker,
                         )
-                    progress.accepted_ids.append(communication.id)
+                    progress.handed.append((communication.id, communication.due_at))
                 progress.accepted += 1
             except InvalidInput as exc:
                 problems_by_row.append(
@@ -282,7 +312,7 @@ def receive(
     rows: Iterable[tuple[int, TriggerIn | list[dict[str, Any]]]],
     *,
     actor: str,
-    hand_over: Callable[[list[str]], None] | None = None,
+    hand_over: Callable[[list[tuple[str, dt.datetime]]], None] | None = None,
 ) -> Progress:
     """Store every row, a chunk at a time; each chunk's communications are handed to the pipeline as soon as
     they are committed (without `hand_over`, the relay finds them). If reading fails half-way, what was
@@ -295,7 +325,7 @@ def receive(
         total.accepted += done.accepted
         total.rejected += done.rejected
         if hand_over is not None:
-            hand_over(done.accepted_ids)
+            hand_over(done.handed)
         chunk.clear()
 
     try:
@@ -385,11 +415,25 @@ def parse_mapping(raw: str | None) -> dict[str, str]:
 
 
 def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Lines from a stream of byte chunks, however the chunks cut them."""
-    partial = b""
+    """Lines (each with its newline) from a stream of byte chunks, however the chunks cut them. A line longer
+    than MAX_LINE is not kept: it comes out as TOO_LONG, and reading goes on at the next line."""
+    partial = bytearray()
+    skipping = False
     for chunk in chunks:
-        pieces = (partial + chunk).split(b"\n")
-        partial = pieces.pop()
-        yield from pieces
-    if partial:
-        yield partial
+        start = 0
+        while (end := chunk.find(b"\n", start)) != -1:
+            if skipping:
+                skipping = False
+            else:
+                partial += chunk[start : end + 1]
+                yield TOO_LONG if len(partial) > MAX_LINE else bytes(partial)
+            partial.clear()
+            start = end + 1
+        if not skipping:
+            partial += chunk[start:]
+            if len(partial) > MAX_LINE:
+                yield TOO_LONG
+                partial.clear()
+                skipping = True
+    if partial and not skipping:
+        yield bytes(partial)

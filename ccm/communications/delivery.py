@@ -99,11 +99,11 @@ class Deliverer:
         status = self._claim(delivery_id)
         if status is not None:
             return status
-        with self.database.read() as session:
-            job = self._job(session, service.get_delivery(session, delivery_id))
-        channel = Channel(job.delivery.channel)
-        adapter = self.adapters[channel]
         try:
+            with self.database.read() as session:
+                job = self._job(session, service.get_delivery(session, delivery_id))
+            channel = Channel(job.delivery.channel)
+            adapter = self.adapters[channel]
             envelope = self._envelope(job, channel)
             prepared = self._prepared(job, adapter, envelope)
             sent = adapter.send(envelope, prepared)

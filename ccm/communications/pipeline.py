@@ -24,7 +24,7 @@ from ccm.channels.base import TransientDeliveryError
 from ccm.communications import routing, service
 from ccm.communications.delivery import SYSTEM, Deliverer
 from ccm.communications.models import Communication, Delivery, IdempotencyKey, WebhookMessage
-from ccm.communications.service import CommunicationStatus
+from ccm.communications.service import GIVEN_UP, CommunicationStatus
 from ccm.communications.status import DeliveryStatus
 from ccm.config import Settings
 from ccm.customers.models import Customer
@@ -61,14 +61,22 @@ class Pipeline:
 
     def route(self, communication_id: str) -> None:
         now = utcnow()
+        later = None
+        handed: list[tuple[str, dt.datetime | None]] = []
         with self.database.transaction() as session:
             communication = service.get_communication(session, communication_id, for_update=True)
-            if communication.status != CommunicationStatus.accepted.value or communication.due_at > now:
+            if communication.status != CommunicationStatus.accepted.value:
                 return
-            deliveries = service.route(session, self.settings, communication, actor=SYSTEM)
-            for delivery in deliveries:
-                delivery.enqueued_at = max(delivery.next_attempt_at or now, now)
-            handed = [(d.id, d.next_attempt_at) for d in deliveries]
+            if communication.due_at > now:
+                # Early (a scheduled send, a delay rounded down, clocks apart): back in the queue till due.
+                later = communication.enqueued_at = communication.due_at
+            else:
+                deliveries = service.route(session, self.settings, communication, actor=SYSTEM)
+                for delivery in deliveries:
+                    delivery.enqueued_at = max(delivery.next_attempt_at or now, now)
+                handed = [(d.id, d.next_attempt_at) for d in deliveries]
+        if later is not None:
+            self.queue.route(communication_id, later)
         for delivery_id, at in handed:
             self.queue.deliver(delivery_id, at)
 
@@ -81,10 +89,15 @@ class Pipeline:
             if delivery.status != DeliveryStatus.pending.value:
                 return
             if delivery.next_attempt_at is not None and delivery.next_attempt_at > now:
-                return  # not yet: the delayed message or the relay brings it back in time
+                early = delivery.next_attempt_at
+            else:
+                early = None
             timezone = None
             if delivery.channel == Channel.sms.value:
                 timezone = session.get_one(Customer, delivery.customer_id).timezone
+        if early is not None:
+            self.queue.deliver(delivery_id, early)  # early: back in the queue till its time
+            return
         if delivery.channel == Channel.sms.value:
             later = routing.next_sms_time(self.settings, timezone, now)
             if later is not None:
@@ -94,6 +107,11 @@ class Pipeline:
             status = self.deliverer.deliver(delivery_id)
         except TransientDeliveryError:
             status = self._after_transient(delivery_id)
+        except Exception:
+            # A fault: the attempt is counted (and the delivery given up after the last); fall back if so.
+            if self._after_transient(delivery_id) is DeliveryStatus.failed:
+                self._fall_back(delivery_id)
+            raise
         if status is DeliveryStatus.failed:
             self._fall_back(delivery_id)
 
@@ -134,6 +152,33 @@ class Pipeline:
         self.queue.deliver(*handed)
 
     # --- the relay ------------------------------------------------------------------------------------------
+
+    def _resume_fallbacks(self, now: dt.datetime, limit: int) -> None:
+        """A failure whose next channel was never made (a worker killed between the two, a provider's late
+        "undelivered"): make it now. fall_back does nothing where the next one exists."""
+        quiet = now - dt.timedelta(seconds=min(self.settings.relay_stale_seconds, 30))
+        alive = select(Delivery.id).where(
+            Delivery.communication_id == Communication.id, Delivery.status.not_in([s.value for s in GIVEN_UP])
+        )
+        with self.database.read() as session:
+            candidates = list(
+                session.scalars(
+                    select(Communication.id)
+                    .where(
+                        Communication.status.in_(
+                            [CommunicationStatus.routed.value, CommunicationStatus.sent.value]
+                        ),
+                        Communication.updated_at < quiet,
+                        ~alive.exists(),
+                    )
+                    .limit(limit)
+                )
+            )
+        for communication_id in candidates:
+            with self.database.read() as session:
+                deliveries = service.deliveries_of(session, communication_id)
+            if deliveries:
+                self._fall_back(deliveries[-1].id)
 
     def relay(self, *, limit: int = 5000) -> RelayCount:
         """Queue again what is due and not in the queue's hands any more (never queued, or queued more than
@@ -189,6 +234,7 @@ class Pipeline:
                 session.execute(
                     update(WebhookMessage).where(WebhookMessage.id.in_(messages)).values(enqueued_at=now)
                 )
+        self._resume_fallbacks(now, limit)
         for communication_id in communications:
             self.queue.route(communication_id)
         for delivery_id in deliveries:

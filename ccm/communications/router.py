@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import logging
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -24,6 +25,20 @@ from ccm.inputs import InputModel
 from ccm.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_position, encode_position
 
 router = APIRouter(tags=["communications"])
+log = logging.getLogger(__name__)
+
+
+def _hand_over(request: Request, accepted: list[tuple[str, dt.datetime]]) -> None:
+    """Queue what was just committed. If the queue cannot take it (Redis away), the communication is stored
+    all the same and the relay queues it later: the caller still gets its 202, never a 500 that would make it
+    send the communication again."""
+    queue = request.app.state.runtime.queue
+    try:
+        for communication_id, due_at in accepted:
+            queue.route(communication_id, due_at)
+    except Exception:
+        log.exception("could not queue %d communications; the relay will", len(accepted))
+
 
 Sender = Annotated[Principal, Depends(require(Role.sender))]
 Reader = Annotated[Principal, Depends(require(Role.sender, Role.agent, Role.auditor))]
@@ -59,7 +74,7 @@ def trigger_communication(
     channels and their addresses), stored, then handed to the pipeline. 202 with its id."""
     accepted = trigger.trigger(database, settings, body, principal=principal, idempotency_key=idempotency_key)
     if not accepted.replayed:
-        request.app.state.runtime.queue.route(accepted.communication_id, accepted.due_at)
+        _hand_over(request, [(accepted.communication_id, accepted.due_at)])
     headers = {"Location": f"/v1/communications/{accepted.communication_id}"}
     if accepted.replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -220,7 +235,6 @@ async def create_batch(
         functools.partial(batches.start, database, format=form, template=template, actor=principal.actor)
     )
     stream = request.stream().__aiter__()
-    queue = request.app.state.runtime.queue
 
     async def next_chunk() -> bytes | None:
         try:
@@ -232,9 +246,8 @@ async def create_batch(
         while (chunk := anyio.from_thread.run(next_chunk)) is not None:
             yield chunk
 
-    def hand_over(ids: list[str]) -> None:
-        for communication_id in ids:
-            queue.route(communication_id)
+    def hand_over(accepted: list[tuple[str, dt.datetime]]) -> None:
+        _hand_over(request, accepted)
 
     def work() -> None:
         lines = batches.split_lines(chunks())

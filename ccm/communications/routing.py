@@ -24,12 +24,13 @@ from ccm.channels import Channel
 from ccm.communications.models import Communication
 from ccm.config import Settings, parse_cap
 from ccm.customers.models import Consent, Customer
+from ccm.db import lock_name
 from ccm.templates_engine.models import Category
 
 ELECTRONIC = (Channel.email, Channel.sms, Channel.portal)
 # The template's channels, when the customer states no preference: cheapest and quickest first.
 DEFAULT_ORDER = (Channel.email, Channel.sms, Channel.portal, Channel.print)
-UNCOUNTED = ("suppressed", "cancelled")  # statuses that do not count against a frequency cap
+COUNTED = ("routed", "sent", "delivered", "failed")  # statuses that count against a frequency cap
 
 
 @dataclass
@@ -101,6 +102,8 @@ def decide(
     cap = settings.frequency_caps.get(category)
     if cap and decision.chain:
         count, seconds = parse_cap(cap)
+        # Two routings for one customer at once must not both slip under the cap.
+        lock_name(session, f"cap:{customer.id}:{category}")
         recent = session.scalar(
             select(func.count())
             .select_from(Communication)
@@ -108,8 +111,10 @@ def decide(
                 Communication.customer_id == customer.id,
                 Communication.category == category,
                 Communication.id != communication.id,
-                Communication.created_at >= now - dt.timedelta(seconds=seconds),
-                Communication.status.not_in(UNCOUNTED),
+                # What went out (was routed) in the period; not what is scheduled for later.
+                Communication.status.in_(COUNTED),
+                Communication.due_at >= now - dt.timedelta(seconds=seconds),
+                Communication.due_at <= now,
             )
         )
         if (recent or 0) >= count:

@@ -42,7 +42,21 @@ class CommunicationStatus(enum.StrEnum):
 
 
 # Sent never follows delivered: a late SMS "sent" must not step a communication back.
-_RANK = {CommunicationStatus.sent: 1, CommunicationStatus.delivered: 2}
+# What a communication's status may not become once it is: nothing replaces delivered but (never) an
+# earlier word for it; cancelled and suppressed are final. "failed" may follow "sent": an SMS Twilio accepted
+# can still be reported undelivered.
+_NOT_AFTER = {
+    CommunicationStatus.delivered: {
+        CommunicationStatus.sent,
+        CommunicationStatus.failed,
+        CommunicationStatus.routed,
+    },
+    CommunicationStatus.cancelled: set(CommunicationStatus),
+    CommunicationStatus.suppressed: set(CommunicationStatus),
+}
+
+
+GIVEN_UP = frozenset({DeliveryStatus.failed, DeliveryStatus.undelivered, DeliveryStatus.cancelled})
 
 
 class DuplicateReference(Conflict):
@@ -313,8 +327,8 @@ def set_status(
     actor: str,
     payload: dict[str, Any] | None = None,
 ) -> None:
-    if communication.status == status.value or _RANK.get(status, 0) < _RANK.get(
-        CommunicationStatus(communication.status), 0
+    if communication.status == status.value or status in _NOT_AFTER.get(
+        CommunicationStatus(communication.status), set()
     ):
         return
     previous = communication.status
@@ -386,12 +400,17 @@ def route(
 
 
 def fall_back(session: Session, settings: Settings, delivery: Delivery, *, actor: str) -> Delivery | None:
-    """After a delivery failed for good: the next channel of the communication's fallback chain, if any."""
+    """After a delivery failed for good: the next channel of the communication's fallback chain, if any.
+    Only once per failure, however often it is asked: only when every delivery so far has failed and this is
+    the latest (a second worker, or the relay, finds the next delivery already made)."""
     communication = get_communication(session, delivery.communication_id, for_update=True)
     if communication.routing.get("mode") != "fallback":
         return None
+    existing = deliveries_of(session, communication.id)
+    if any(DeliveryStatus(d.status) not in GIVEN_UP for d in existing) or existing[-1].id != delivery.id:
+        return None
     chain = [Channel(c) for c in communication.routing.get("chain", [])]
-    tried = {d.channel for d in deliveries_of(session, communication.id)}
+    tried = {d.channel for d in existing}
     remaining = [c for c in chain if c.value not in tried]
     if not remaining:
         return None
@@ -416,7 +435,15 @@ def settle(session: Session, communication: Communication, *, actor: str) -> Non
     """The communication's status from its deliveries': delivered once one is, sent once one left, failed
     when every one failed and nothing is left to try."""
     deliveries = deliveries_of(session, communication.id)
-    statuses = {DeliveryStatus(d.status) for d in deliveries}
+    # A letter waiting for its print batch has not left: it can still be cancelled.
+    statuses = {
+        DeliveryStatus.pending
+        if d.channel == Channel.print.value
+        and d.status == DeliveryStatus.queued.value
+        and d.print_batch_id is None
+        else DeliveryStatus(d.status)
+        for d in deliveries
+    }
     tried = {d.channel for d in deliveries}
     untried = [c for c in communication.routing.get("chain", []) if c not in tried]
     if communication.routing.get("mode") == "fallback" and untried:
@@ -425,11 +452,7 @@ def settle(session: Session, communication: Communication, *, actor: str) -> Non
         set_status(session, communication, CommunicationStatus.delivered, actor=actor)
     elif statuses & {DeliveryStatus.queued, DeliveryStatus.sending, DeliveryStatus.sent}:
         set_status(session, communication, CommunicationStatus.sent, actor=actor)
-    elif statuses and statuses <= {
-        DeliveryStatus.failed,
-        DeliveryStatus.undelivered,
-        DeliveryStatus.cancelled,
-    }:
+    elif statuses and statuses <= GIVEN_UP:
         final = (
             CommunicationStatus.cancelled
             if statuses == {DeliveryStatus.cancelled}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import threading
 from collections.abc import Callable
 
@@ -24,24 +25,34 @@ from ccm.templates_engine.render import TemplateEngine
 log = logging.getLogger(__name__)
 
 QUEUE = "ccm"
-# Dramatiq's own time limit, far above any one step's (render limits, SMTP and HTTP timeouts).
-TIME_LIMIT_MS = 15 * 60 * 1000
+# Dramatiq's own time limit: well above any one step's (render limits, SMTP and HTTP timeouts, a letter's
+# layout), and always below the lease a delivery is claimed for (CCM_DELIVERY_LEASE), so that a send is never
+# still running when another worker may take the delivery over.
+TIME_LIMIT_MS = 120 * 1000
+
+
+def time_limit_ms(settings: Settings) -> int:
+    return min(TIME_LIMIT_MS, int(settings.delivery_lease * 1000 * 0.8))
 
 
 def _delay(at: dt.datetime | None) -> int | None:
     if at is None:
         return None
-    milliseconds = int((at - utcnow()).total_seconds() * 1000)
+    milliseconds = math.ceil((at - utcnow()).total_seconds() * 1000)  # up: never before it is due
     return milliseconds if milliseconds > 0 else None
 
 
 class DramatiqQueue:
     """The Queue the pipeline hands work to: three actors declared on one broker."""
 
-    def __init__(self, broker: dramatiq.Broker, runtime: Runtime) -> None:
+    def __init__(self, broker: dramatiq.Broker, runtime: Runtime, settings: Settings) -> None:
         def actor(name: str, function: Callable[[str], None]) -> dramatiq.Actor[[str], None]:
             decorate = dramatiq.actor(
-                broker=broker, actor_name=name, queue_name=QUEUE, max_retries=0, time_limit=TIME_LIMIT_MS
+                broker=broker,
+                actor_name=name,
+                queue_name=QUEUE,
+                max_retries=0,
+                time_limit=time_limit_ms(settings),
             )
             return decorate(function)
 
@@ -67,7 +78,7 @@ class Runtime:
     ) -> None:
         self.database = database
         self.settings = settings
-        self.queue = DramatiqQueue(broker, self)
+        self.queue = DramatiqQueue(broker, self, settings)
         self._pipeline = Pipeline(
             database=database,
             settings=settings,

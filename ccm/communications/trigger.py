@@ -130,9 +130,8 @@ def trigger(
     try:
         return _trigger_once(database, settings, body, principal, idempotency_key, digest)
     except IntegrityError:
-        if idempotency_key is None:
-            raise
-        # Another request with the same key won the race: answer as it was answered.
+        # A concurrent request won a race: the same Idempotency-Key (answered as it was answered), or the same
+        # reference (now seen, so refused as a duplicate).
         return _trigger_once(database, settings, body, principal, idempotency_key, digest)
 
 
@@ -284,6 +283,9 @@ def list_communications(
 def cancel(database: Database, communication_id: str, *, actor: str) -> None:
     """Cancel a communication that has not gone out: nothing of it sent, handed over or being sent."""
     with database.transaction() as session:
+        # Deliveries first, then the communication: the order every status change takes (move -> settle).
+        existing = service.deliveries_of(session, communication_id)
+        deliveries = [service.get_delivery(session, d.id, for_update=True) for d in existing]
         communication = service.get_communication(session, communication_id, for_update=True)
         if communication.status == CommunicationStatus.cancelled.value:
             return
@@ -291,10 +293,6 @@ def cancel(database: Database, communication_id: str, *, actor: str) -> None:
             raise NotCancellable(
                 f"communication {communication_id} is {communication.status}: too late to cancel"
             )
-        deliveries = [
-            service.get_delivery(session, d.id, for_update=True)
-            for d in service.deliveries_of(session, communication_id)
-        ]
         now = utcnow()
         for delivery in deliveries:
             in_flight = delivery.claimed_until is not None and delivery.claimed_until > now

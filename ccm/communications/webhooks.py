@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from ccm import audit
 from ccm.communications.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
-from ccm.config import Settings
+from ccm.config import Settings, redact_url
 from ccm.db import Database, utcnow
 from ccm.errors import NotFound
 
@@ -50,7 +50,7 @@ def create_endpoint(session: Session, *, url: str, secret: str | None, actor: st
         action="webhook.created",
         subject_type="webhook",
         subject_id=endpoint.id,
-        payload={"url": url},
+        payload={"url": redact_url(url)},  # a URL may carry a token: the log keeps none
     )
     return endpoint
 
@@ -77,6 +77,11 @@ def send(database: Database, settings: Settings, message_id: str) -> dt.datetime
             return message.next_attempt_at
         endpoint = session.get_one(WebhookEndpoint, message.endpoint_id)
         url, secret, body, event_type = endpoint.url, endpoint.secret, message.body, message.event_type
+        active = endpoint.active
+    if not active:  # the endpoint was deleted: what was still waiting for it is not sent
+        with database.transaction() as session:
+            session.get_one(WebhookMessage, message_id, with_for_update=True).status = "failed"
+        return None
     timestamp = int(time.time())
     request = urllib.request.Request(  # noqa: S310  # the URL's scheme is checked (http/https) when registered
         url,

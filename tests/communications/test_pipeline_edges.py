@@ -1,0 +1,160 @@
+"""Edges of the pipeline found in review: fallbacks made once and never lost, statuses that follow late
+provider news, letters cancelled before printing, caps on what went out, batch files with awkward lines."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from ccm.auth.models import Role
+from ccm.channels import Channel
+from ccm.communications import batches, service
+from ccm.communications.pipeline import Pipeline
+from ccm.communications.status import DeliveryStatus
+from ccm.config import Settings
+from ccm.customers.models import Customer
+from ccm.db import Database, utcnow
+from tests.communications.conftest import Sender, sample
+from tests.communications.test_twilio_webhooks import status as twilio_status
+
+
+@dataclass
+class ListQueue:
+    routed: list[str] = field(default_factory=list)
+    delivered: list[str] = field(default_factory=list)
+
+    def route(self, communication_id: str, at: dt.datetime | None = None) -> None:
+        self.routed.append(communication_id)
+
+    def deliver(self, delivery_id: str, at: dt.datetime | None = None) -> None:
+        self.delivered.append(delivery_id)
+
+    def webhook(self, message_id: str, at: dt.datetime | None = None) -> None:
+        return None
+
+
+def fallback_communication(sender: Sender, database: Database) -> tuple[str, str]:
+    """A welcome (email, SMS, portal) routed as a fallback chain whose first delivery, email, has failed."""
+    with database.transaction() as session:
+        customer = session.scalars(select(Customer).where(Customer.external_id == "CUST-1001")).one()
+        customer.preferred_channels = ["email", "sms", "portal"]
+        communication = service.create_communication(
+            session,
+            sender.settings,
+            template_key="welcome",
+            customer=customer,
+            data=sample("welcome"),
+            actor="test",
+        )
+        [first] = service.route(session, sender.settings, communication, actor="test")
+        first = service.get_delivery(session, first.id, for_update=True)
+        service.move(session, first, DeliveryStatus.failed, actor="test", payload={"error": "550"})
+        return communication.id, first.id
+
+
+def channels_of(database: Database, communication_id: str) -> list[str]:
+    with database.read() as session:
+        return [d.channel for d in service.deliveries_of(session, communication_id)]
+
+
+def test_a_failure_falls_back_once_however_often_it_is_asked(sender: Sender, database: Database) -> None:
+    communication_id, failed = fallback_communication(sender, database)
+    pipeline = Pipeline(
+        database=database, settings=sender.settings, deliverer=sender.deliverer, queue=ListQueue()
+    )
+    pipeline._fall_back(failed)
+    pipeline._fall_back(failed)  # a second worker, a duplicated message
+    assert channels_of(database, communication_id) == ["email", "sms"]
+
+
+def test_a_lost_fallback_is_made_by_the_relay(sender: Sender, database: Database) -> None:
+    communication_id, _ = fallback_communication(sender, database)  # the worker died before falling back
+    queue = ListQueue()
+    settings = Settings(**{**sender.settings.model_dump(), "relay_stale_seconds": 1.0})
+    pipeline = Pipeline(database=database, settings=settings, deliverer=sender.deliverer, queue=queue)
+    with database.transaction() as session:  # it happened a while ago
+        service.get_communication(session, communication_id).updated_at = utcnow() - dt.timedelta(minutes=5)
+    pipeline.relay()
+    assert channels_of(database, communication_id) == ["email", "sms"]
+    assert len(queue.delivered) == 1
+
+
+def test_a_late_undelivered_fails_a_communication_that_was_sent(
+    client: TestClient, sender: Sender, database: Database
+) -> None:
+    delivery = sender.send("payment_reminder", "CUST-1001", sample("payment_reminder"), [Channel.sms])
+    with database.read() as session:
+        assert service.get_communication(session, delivery.communication_id).status == "sent"
+    assert twilio_status(client, delivery.provider_id or "", "undelivered", ErrorCode="30005") == 204
+    with database.read() as session:
+        assert service.get_communication(session, delivery.communication_id).status == "failed"
+
+
+def test_a_letter_waiting_for_its_print_batch_can_be_cancelled(
+    client: TestClient, sender: Sender, role_keys: dict[Role, dict[str, str]], database: Database
+) -> None:
+    delivery = sender.send("claim_decision", "CUST-1001", sample("claim_decision"), [Channel.print])
+    assert delivery.status == DeliveryStatus.queued
+    response = client.post(
+        f"/v1/communications/{delivery.communication_id}/cancel", headers=role_keys[Role.sender]
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "cancelled"
+    assert sender.delivery(delivery.id).status == DeliveryStatus.cancelled
+
+
+def test_the_frequency_cap_counts_what_went_out_not_what_is_scheduled(
+    sender: Sender, database: Database
+) -> None:
+    later = utcnow() + dt.timedelta(days=30)
+    with database.transaction() as session:
+        customer = session.scalars(select(Customer).where(Customer.external_id == "CUST-1001")).one()
+        for _ in range(3):
+            service.create_communication(
+                session,
+                sender.settings,
+                template_key="marketing_offer",
+                customer=customer,
+                data=sample("marketing_offer"),
+                actor="test",
+                send_at=later,
+            )
+        today = service.create_communication(
+            session,
+            sender.settings,
+            template_key="marketing_offer",
+            customer=customer,
+            data=sample("marketing_offer"),
+            actor="test",
+        )
+        deliveries = service.route(session, sender.settings, today, actor="test")
+    assert [d.channel for d in deliveries] == ["email"]
+
+
+def test_batch_lines_too_long_quoted_newlines_byte_order_marks_and_bad_bytes() -> None:
+    long = b'{"x": "' + b"y" * (batches.MAX_LINE + 10) + b'"}\n'
+    chunks = [long[i : i + 65536] for i in range(0, len(long), 65536)] + [b'{"template": "a"}\n']
+    lines = list(batches.split_lines(chunks))
+    assert lines == [batches.TOO_LONG, b'{"template": "a"}\n']
+
+    jsonl = list(batches.jsonl_rows([b'\xef\xbb\xbf{"template": "payment_reminder", "customer": "C-1"}\n']))
+    assert [n for n, row in jsonl if not isinstance(row, list)] == [1]
+
+    csv_text = b'customer,note\nC-1,"line one\r\nline two"\nC-2,caf\xe9\nC-3,ok\n'
+    rows = list(batches.csv_rows(batches.split_lines([csv_text]), template="t", mapping={}, schema={}))
+    assert [(n, r.data if not isinstance(r, list) else r[0]["type"]) for n, r in rows] == [
+        (2, {"note": "line one\r\nline two"}),
+        (4, "encoding"),
+        (5, {"note": "ok"}),
+    ]
+
+
+def test_a_send_window_must_be_a_time_of_day() -> None:
+    with pytest.raises(ValidationError, match="sms_send_window"):
+        Settings(sms_send_window="08:00-24:30")
+    assert Settings(sms_send_window="08:00-24:00").sms_send_window == "08:00-24:00"
