@@ -6,7 +6,15 @@ import argparse
 import importlib
 import time
 
-BENCHMARKS = ["audit_verify", "render", "print_letters", "email_send"]
+BENCHMARKS = [
+    "audit_verify",
+    "render",
+    "print_letters",
+    "email_send",
+    "pipeline_email",
+    "batch_intake",
+    "trigger_latency",
+]
 
 
 def main() -> None:

@@ -4,13 +4,29 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import audit_verify, email_send, print_letters, render
+from benchmarks import (
+    audit_verify,
+    batch_intake,
+    email_send,
+    pipeline_email,
+    print_letters,
+    render,
+    trigger_latency,
+)
 
 
 @pytest.mark.parametrize(
     "benchmark",
-    [audit_verify, render, print_letters, email_send],
-    ids=["audit_verify", "render", "print_letters", "email_send"],
+    [audit_verify, render, print_letters, email_send, pipeline_email, batch_intake, trigger_latency],
+    ids=[
+        "audit_verify",
+        "render",
+        "print_letters",
+        "email_send",
+        "pipeline_email",
+        "batch_intake",
+        "trigger_latency",
+    ],
 )
 def test_the_benchmark_runs_and_prints_its_ratio(
     benchmark: object, capsys: pytest.CaptureFixture[str]

@@ -1,0 +1,162 @@
+"""Trigger API latency: POST /v1/communications at 50 concurrent clients, p50 and p99, against GET /health.
+
+`python -m ccm serve` (embedded mode, SQLite) with the starter templates published and 5,000 customers, its
+email sent to a local SMTP sink (aiosmtpd, counting, in a process of its own), so every accepted
+communication is routed, rendered, stored, sent and logged by the worker inside the server while the
+requests go on, as in production. 50 client threads, each on its own keep-alive connection, POST
+`payment_reminder` triggers (channels ["email"], a reference each) back to back for 20 s after a warm-up;
+every request's latency is recorded as the client sees it (the server's own figures, from its request log,
+are printed too). The floor is GET /health (no key, no database) at the same concurrency on the same server,
+measured first: the ratio is p99(trigger) / p99(health). Target: p99 under 50 ms on SQLite.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.common import (
+    CcmServer,
+    Client,
+    SinkProcess,
+    percentile,
+    pipeline_setup,
+    reminder_data,
+)
+
+TEMPLATE = "payment_reminder"
+TARGET_P99 = 0.050
+SERVER_LINE = re.compile(rb"POST /v1/communications 202 ([0-9.]+)ms")
+
+
+@dataclass
+class Phase:
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def describe(self, name: str) -> str:
+        ordered = sorted(self.latencies)
+        p50, p90, p99 = (percentile(ordered, f) * 1e3 for f in (0.5, 0.9, 0.99))
+        return (
+            f"{name}: p50 {p50:.1f} ms, p90 {p90:.1f} ms, p99 {p99:.1f} ms, max {ordered[-1] * 1e3:.1f} ms,"
+            f" {len(ordered) / self.seconds:,.0f} requests/s ({len(ordered):,} requests)"
+        )
+
+    def p99(self) -> float:
+        return percentile(sorted(self.latencies), 0.99)
+
+
+def phase(
+    clients: list[Client], seconds: float, request: Callable[[Client, int, int], tuple[int, bytes]], ok: int
+) -> Phase:
+    """Every client sends requests back to back for `seconds`; each request's latency is kept."""
+    result = Phase()
+    lock = threading.Lock()
+    start = threading.Barrier(len(clients) + 1)
+
+    def loop(number: int, client: Client) -> None:
+        latencies, errors = [], []
+        start.wait()
+        deadline = time.perf_counter() + seconds
+        sequence = 0
+        while (began := time.perf_counter()) < deadline:
+            status, body = request(client, number, sequence)
+            latencies.append(time.perf_counter() - began)
+            if status != ok:
+                errors.append(f"{status} {body[:200]!r}")
+            sequence += 1
+        with lock:
+            result.latencies.extend(latencies)
+            result.errors.extend(errors)
+
+    threads = [threading.Thread(target=loop, args=(n, c)) for n, c in enumerate(clients)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    result.seconds = time.perf_counter() - began
+    return result
+
+
+def run(*, quick: bool = False) -> None:
+    """`quick` (for the test that keeps this benchmark working) measures too little to mean anything."""
+    concurrency, seconds, warm, customers = (5, 1.0, 0.3, 50) if quick else (50, 20.0, 3.0, 5_000)
+    sink = SinkProcess().start()
+    try:
+        with tempfile.TemporaryDirectory() as directory:
+            setup = pipeline_setup(Path(directory), customers=customers, smtp_port=sink.port)
+            server = CcmServer(Path(directory), setup.environment).start()
+            clients = [Client(server.port, setup.key, timeout=60) for _ in range(concurrency)]
+            accepted = 0
+            try:
+
+                def health(client: Client, number: int, sequence: int) -> tuple[int, bytes]:
+                    return client.request("GET", "/health")
+
+                def trigger(client: Client, number: int, sequence: int) -> tuple[int, bytes]:
+                    index = number * 100_000 + sequence
+                    body = {
+                        "template": TEMPLATE,
+                        "customer": setup.customers[(number * 7919 + sequence) % customers],
+                        "data": reminder_data(index),
+                        "channels": ["email"],
+                        "reference": f"T-{index:09d}",
+                    }
+                    return client.request(
+                        "POST",
+                        "/v1/communications",
+                        json.dumps(body).encode(),
+                        {"Content-Type": "application/json"},
+                    )
+
+                sent_before = sink.received
+                # Warm-up (not counted): connections open, templates compiled, the worker's threads busy.
+                phase(clients, warm, health, 200)
+                warmed = phase(clients, warm, lambda c, n, s: trigger(c, n + 1000, s), 202)
+                accepted += len(warmed.latencies)
+                health_phase = phase(clients, seconds, health, 200)
+                trigger_phase = phase(clients, seconds, trigger, 202)
+                accepted += len(trigger_phase.latencies)
+                drain_started = time.perf_counter()
+                while sink.received - sent_before < accepted:
+                    if time.perf_counter() - drain_started > 600:
+                        raise RuntimeError(f"not all sent after 600s:\n{server.log_tail()}")
+                    time.sleep(0.1)
+                drained = time.perf_counter() - drain_started
+            finally:
+                for client in clients:
+                    client.close()
+                server.stop()
+            server_side = sorted(
+                float(match.group(1)) / 1e3 for match in SERVER_LINE.finditer(server.log_path.read_bytes())
+            )
+    finally:
+        sink.stop()
+
+    for name, measured in (("GET /health", health_phase), ("POST /v1/communications", trigger_phase)):
+        if measured.errors:
+            raise RuntimeError(f"{name}: {len(measured.errors)} failed, first: {measured.errors[0]}")
+    print(f"   {concurrency} concurrent clients, {seconds:.0f}s each:")
+    print(f"   {health_phase.describe('GET /health')}")
+    print(f"   {trigger_phase.describe('POST /v1/communications')}")
+    print(
+        f"   the server's own timing of the triggers (its request log, warm-up included):"
+        f" p50 {percentile(server_side, 0.5) * 1e3:.1f} ms, p99 {percentile(server_side, 0.99) * 1e3:.1f} ms;"
+        f" all {accepted:,} accepted were sent {drained:.1f}s after the last request"
+        f" ({trigger_phase.seconds + drained:.0f}s for what came in over {trigger_phase.seconds:.0f}s)"
+    )
+    p99 = trigger_phase.p99()
+    verdict = "met" if p99 < TARGET_P99 else f"missed by {(p99 - TARGET_P99) * 1e3:.0f} ms"
+    print(
+        f"   ratio {p99 / health_phase.p99():.1f}x (p99 trigger / p99 health);"
+        f" target p99 < 50 ms: {p99 * 1e3:.1f} ms, {verdict}"
+    )
