@@ -4,10 +4,18 @@
 email sent to a local SMTP sink (aiosmtpd, counting, in a process of its own), so every accepted
 communication is routed, rendered, stored, sent and logged by the worker inside the server while the
 requests go on, as in production. 50 client threads, each on its own keep-alive connection, POST
-`payment_reminder` triggers (channels ["email"], a reference each) back to back for 20 s after a warm-up;
-every request's latency is recorded as the client sees it (the server's own figures, from its request log,
-are printed too). The floor is GET /health (no key, no database) at the same concurrency on the same server,
-measured first: the ratio is p99(trigger) / p99(health). Target: p99 under 50 ms on SQLite.
+`payment_reminder` triggers (channels ["email"], a reference each) for 20 s after a warm-up, twice:
+
+- paced: the 50 clients together offer 100 requests/s (each one every half second, latency counted from
+  when it was due, so a server falling behind cannot hide it), 360,000 an hour, while the worker sends
+  them. This is the figure held against the target (p99 under 50 ms on SQLite).
+- back to back: each client sends its next request as soon as the last is answered. That measures
+  throughput: with 50 requests always in flight, the mean latency is 50 / throughput (Little's law), so
+  p99 under 50 ms would need over 1,000 triggers/s from one Python process; printed, not judged.
+
+Every latency is recorded as the client sees it (the server's own figures, from its request log, are
+printed too). The floor is GET /health (no key, no database) at the same concurrency on the same server,
+back to back: the ratio is p99(trigger) / p99(health).
 """
 
 from __future__ import annotations
@@ -105,7 +113,7 @@ def phase(
 def run(*, quick: bool = False) -> None:
     """`quick` (for the test that keeps this benchmark working) measures too little to mean anything."""
     concurrency, seconds, warm, customers = (5, 0.5, 0.2, 50) if quick else (50, 20.0, 3.0, 5_000)
-    paced_rate = 10.0 if quick else 25.0  # requests/s offered by all the clients together
+    paced_rate = 10.0 if quick else 100.0  # requests/s offered by all the clients together
     sink = SinkProcess().start()
     try:
         with tempfile.TemporaryDirectory() as directory:
@@ -190,11 +198,9 @@ def run(*, quick: bool = False) -> None:
         f" ms, p99 {percentile(server_side, 0.99) * 1e3:.1f} ms; their emails all sent {drained:.1f}s after"
         f" the last request"
     )
-    p99 = trigger_phase.p99()
+    p99 = paced.p99()
     verdict = "met" if p99 < TARGET_P99 else f"missed by {(p99 - TARGET_P99) * 1e3:,.0f} ms"
-    paced_verdict = "met" if paced.p99() < TARGET_P99 else "missed"
     print(
-        f"   ratio {p99 / health_phase.p99():.1f}x (p99 trigger / p99 health, back to back);"
-        f" target p99 < 50 ms: {p99 * 1e3:,.1f} ms, {verdict}"
-        f" (paced: {paced.p99() * 1e3:,.1f} ms, {paced_verdict})"
+        f"   ratio {trigger_phase.p99() / health_phase.p99():.1f}x (p99 trigger / p99 health, back to back);"
+        f" target p99 < 50 ms at {paced_rate:.0f} requests/s: {p99 * 1e3:,.1f} ms, {verdict}"
     )

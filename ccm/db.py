@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
+import threading
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -10,6 +13,7 @@ from typing import Any
 from sqlalchemy import JSON, Connection, DateTime, Engine, MetaData, create_engine, event, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator
@@ -80,6 +84,84 @@ def _configure_sqlite(engine: Engine) -> None:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+SQLITE_LOCK_TIMEOUT = 30.0
+
+
+_background = threading.local()
+
+
+@contextmanager
+def background_writes() -> Iterator[None]:
+    """Marks this thread's write transactions as background work (the pipeline's actors, the relay, batch
+    intake): on SQLite they give way to a waiting API request (see WriteLock)."""
+    before = getattr(_background, "on", False)
+    _background.on = True
+    try:
+        yield
+    finally:
+        _background.on = before
+
+
+class WriteLock:
+    """One SQLite database's write lock inside this process, taken before BEGIN IMMEDIATE and handed
+    straight to the next waiting thread.
+
+    SQLite itself makes a second writer poll: its busy handler sleeps up to 100 ms between tries, and
+    whoever happens to try just after a commit wins, so under load some writers wait seconds while others
+    pass straight through. Queued here instead, a writer starts the moment the one before it commits, in the
+    order they came; an API request waiting goes before background work (background_writes), except that
+    every BACKGROUND_TURN-th hand-over goes to the background, so a steady stream of requests cannot starve
+    the worker. Other processes (the CLI, a second server) still meet SQLite's own lock and busy timeout."""
+
+    BACKGROUND_TURN = 4
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._held = False
+        self._waiting: deque[threading.Lock] = deque()
+        self._waiting_background: deque[threading.Lock] = deque()
+        self._handed_over = 0
+
+    def acquire(self, timeout: float) -> bool:
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                return True
+            turn = threading.Lock()
+            turn.acquire()
+            line = self._waiting_background if getattr(_background, "on", False) else self._waiting
+            line.append(turn)
+        if turn.acquire(timeout=timeout):
+            return True
+        with self._mutex:
+            try:
+                line.remove(turn)
+            except ValueError:
+                return True  # handed over between the timeout and now: ours after all
+            return False
+
+    def release(self) -> None:
+        with self._mutex:
+            self._handed_over += 1
+            background_turn = self._handed_over % self.BACKGROUND_TURN == 0
+            if self._waiting_background and (background_turn or not self._waiting):
+                self._waiting_background.popleft().release()  # handed over: still held
+            elif self._waiting:
+                self._waiting.popleft().release()
+            else:
+                self._held = False
+
+
+_write_locks: dict[str, WriteLock] = {}
+_write_locks_guard = threading.Lock()
+
+
+def _write_lock(url: str) -> WriteLock:
+    """The lock of one database file, shared by every Database object of this process that opens it."""
+    with _write_locks_guard:
+        return _write_locks.setdefault(url, WriteLock())
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(
@@ -97,6 +179,7 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
+        self._write_lock = _write_lock(url) if self.engine.dialect.name == "sqlite" else None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(
             self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
@@ -109,8 +192,19 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A session whose work is committed on success and rolled back on any error."""
-        with self._sessions() as session, session.begin():
-            yield session
+        lock = self._write_lock
+        if lock is None:
+            with self._sessions() as session, session.begin():
+                yield session
+            return
+        if not lock.acquire(SQLITE_LOCK_TIMEOUT):
+            # What SQLite says when its own busy timeout runs out (answered 503 and retried by callers).
+            raise OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked"))
+        try:
+            with self._sessions() as session, session.begin():
+                yield session
+        finally:
+            lock.release()
 
     @contextmanager
     def read(self) -> Iterator[Session]:

@@ -34,11 +34,12 @@ log = logging.getLogger(__name__)
 
 
 class Queue(Protocol):
-    """Where work is handed over: Dramatiq actors (ccm.communications.tasks), or a test's own list."""
+    """Where work is handed over: Dramatiq actors (ccm.communications.tasks), or a test's own list. `bulk`:
+    work of a batch, taken after single triggers' so that one message is never stuck behind a big batch."""
 
-    def route(self, communication_id: str, at: dt.datetime | None = None) -> None: ...
+    def route(self, communication_id: str, at: dt.datetime | None = None, *, bulk: bool = False) -> None: ...
 
-    def deliver(self, delivery_id: str, at: dt.datetime | None = None) -> None: ...
+    def deliver(self, delivery_id: str, at: dt.datetime | None = None, *, bulk: bool = False) -> None: ...
 
     def webhook(self, message_id: str, at: dt.datetime | None = None) -> None: ...
 
@@ -67,6 +68,7 @@ class Pipeline:
             communication = service.get_communication(session, communication_id, for_update=True)
             if communication.status != CommunicationStatus.accepted.value:
                 return
+            bulk = communication.batch_id is not None
             if communication.due_at > now:
                 # Early (a scheduled send, a delay rounded down, clocks apart): back in the queue till due.
                 later = communication.enqueued_at = communication.due_at
@@ -76,9 +78,9 @@ class Pipeline:
                     delivery.enqueued_at = max(delivery.next_attempt_at or now, now)
                 handed = [(d.id, d.next_attempt_at) for d in deliveries]
         if later is not None:
-            self.queue.route(communication_id, later)
+            self.queue.route(communication_id, later, bulk=bulk)
         for delivery_id, at in handed:
-            self.queue.deliver(delivery_id, at)
+            self.queue.deliver(delivery_id, at, bulk=bulk)
 
     # --- delivering -----------------------------------------------------------------------------------------
 
@@ -188,8 +190,8 @@ class Pipeline:
         count = RelayCount()
         with self.database.transaction() as session:
             communications = list(
-                session.scalars(
-                    select(Communication.id)
+                session.execute(
+                    select(Communication.id, Communication.batch_id)
                     .where(
                         Communication.status == CommunicationStatus.accepted.value,
                         Communication.due_at <= now,
@@ -200,8 +202,9 @@ class Pipeline:
                 )
             )
             deliveries = list(
-                session.scalars(
-                    select(Delivery.id)
+                session.execute(
+                    select(Delivery.id, Communication.batch_id)
+                    .join(Communication, Communication.id == Delivery.communication_id)
                     .where(
                         Delivery.status == DeliveryStatus.pending.value,
                         or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
@@ -226,19 +229,25 @@ class Pipeline:
             session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at < now))
             if communications:
                 session.execute(
-                    update(Communication).where(Communication.id.in_(communications)).values(enqueued_at=now)
+                    update(Communication)
+                    .where(Communication.id.in_([i for i, _ in communications]))
+                    .values(enqueued_at=now)
                 )
             if deliveries:
-                session.execute(update(Delivery).where(Delivery.id.in_(deliveries)).values(enqueued_at=now))
+                session.execute(
+                    update(Delivery)
+                    .where(Delivery.id.in_([i for i, _ in deliveries]))
+                    .values(enqueued_at=now)
+                )
             if messages:
                 session.execute(
                     update(WebhookMessage).where(WebhookMessage.id.in_(messages)).values(enqueued_at=now)
                 )
         self._resume_fallbacks(now, limit)
-        for communication_id in communications:
-            self.queue.route(communication_id)
-        for delivery_id in deliveries:
-            self.queue.deliver(delivery_id)
+        for communication_id, batch_id in communications:
+            self.queue.route(communication_id, bulk=batch_id is not None)
+        for delivery_id, batch_id in deliveries:
+            self.queue.deliver(delivery_id, bulk=batch_id is not None)
         for message_id in messages:
             self.queue.webhook(message_id)
         count.communications, count.deliveries, count.webhooks = (

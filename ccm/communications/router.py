@@ -20,6 +20,7 @@ from ccm.auth.service import Principal
 from ccm.communications import batches, events, trigger, webhooks
 from ccm.communications.schemas import AcceptedOut, CommunicationOut, TriggerIn
 from ccm.communications.service import CommunicationStatus
+from ccm.db import background_writes
 from ccm.errors import CCMError, FieldError, InvalidInput
 from ccm.inputs import InputModel
 from ccm.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_position, encode_position
@@ -28,14 +29,14 @@ router = APIRouter(tags=["communications"])
 log = logging.getLogger(__name__)
 
 
-def _hand_over(request: Request, accepted: list[tuple[str, dt.datetime]]) -> None:
+def _hand_over(request: Request, accepted: list[tuple[str, dt.datetime]], *, bulk: bool = False) -> None:
     """Queue what was just committed. If the queue cannot take it (Redis away), the communication is stored
     all the same and the relay queues it later: the caller still gets its 202, never a 500 that would make it
     send the communication again."""
     queue = request.app.state.runtime.queue
     try:
         for communication_id, due_at in accepted:
-            queue.route(communication_id, due_at)
+            queue.route(communication_id, due_at, bulk=bulk)
     except Exception:
         log.exception("could not queue %d communications; the relay will", len(accepted))
 
@@ -247,7 +248,7 @@ async def create_batch(
             yield chunk
 
     def hand_over(accepted: list[tuple[str, dt.datetime]]) -> None:
-        _hand_over(request, accepted)
+        _hand_over(request, accepted, bulk=True)
 
     def work() -> None:
         lines = batches.split_lines(chunks())
@@ -256,14 +257,15 @@ async def create_batch(
             if form == "jsonl"
             else batches.csv_rows(lines, template=template or "", mapping=columns, schema=schema)
         )
-        batches.receive(
-            database,
-            settings,
-            batch_id,
-            rows,
-            actor=principal.actor,
-            hand_over=hand_over,
-        )
+        with background_writes():  # big chunks: a single trigger waiting goes first
+            batches.receive(
+                database,
+                settings,
+                batch_id,
+                rows,
+                actor=principal.actor,
+                hand_over=hand_over,
+            )
 
     await anyio.to_thread.run_sync(work)
     with database.read() as session:

@@ -272,6 +272,13 @@ def create_communication(
         send_at=send_at,
         batch_id=batch_id,
     )
+    return store_communication(session, row, facts, customer)
+
+
+def store_communication(
+    session: Session, row: dict[str, Any], facts: TemplateFacts, customer: Customer
+) -> Communication:
+    """Writes a checked communication (see communication_row) and its `communication.accepted` event."""
     communication = Communication(**row)
     session.add(communication)
     session.flush()

@@ -19,7 +19,7 @@ from ccm.communications import webhooks
 from ccm.communications.delivery import make_deliverer
 from ccm.communications.pipeline import Pipeline
 from ccm.config import Settings
-from ccm.db import Database, utcnow
+from ccm.db import Database, background_writes, utcnow
 from ccm.templates_engine.render import TemplateEngine
 
 log = logging.getLogger(__name__)
@@ -43,28 +43,52 @@ def _delay(at: dt.datetime | None) -> int | None:
 
 
 class DramatiqQueue:
-    """The Queue the pipeline hands work to: three actors declared on one broker."""
+    """The Queue the pipeline hands work to: the actors, declared on one broker.
+
+    Each step has a queue of its own, and a batch's work queues of its own, so that every queue is always
+    being read and the worker's priorities (lower first) decide what runs next: a single trigger's delivery,
+    then its routing and webhooks, then a batch's deliveries, then its routing. A batch's first emails go out
+    while the rest is still being routed, and a one-time passcode triggered meanwhile is not queued behind
+    the batch."""
 
     def __init__(self, broker: dramatiq.Broker, runtime: Runtime, settings: Settings) -> None:
-        def actor(name: str, function: Callable[[str], None]) -> dramatiq.Actor[[str], None]:
+        def actor(
+            name: str, queue: str, priority: int, function: Callable[[str], None]
+        ) -> dramatiq.Actor[[str], None]:
             decorate = dramatiq.actor(
                 broker=broker,
                 actor_name=name,
-                queue_name=QUEUE,
+                queue_name=queue,
+                priority=priority,
                 max_retries=0,
                 time_limit=time_limit_ms(settings),
             )
-            return decorate(function)
 
-        self._route = actor("ccm.route", lambda i: runtime.pipeline().route(i))
-        self._deliver = actor("ccm.deliver", lambda i: runtime.pipeline().deliver(i))
-        self._webhook = actor("ccm.webhook", runtime.send_webhook)
+            def run(identifier: str) -> None:
+                with background_writes():
+                    function(identifier)
 
-    def route(self, communication_id: str, at: dt.datetime | None = None) -> None:
-        self._route.send_with_options(args=(communication_id,), delay=_delay(at))
+            return decorate(run)
 
-    def deliver(self, delivery_id: str, at: dt.datetime | None = None) -> None:
-        self._deliver.send_with_options(args=(delivery_id,), delay=_delay(at))
+        def route(communication_id: str) -> None:
+            runtime.pipeline().route(communication_id)
+
+        def deliver(delivery_id: str) -> None:
+            runtime.pipeline().deliver(delivery_id)
+
+        self._deliver = actor("ccm.deliver", f"{QUEUE}.deliver", 0, deliver)
+        self._route = actor("ccm.route", QUEUE, 10, route)
+        self._webhook = actor("ccm.webhook", f"{QUEUE}.webhook", 10, runtime.send_webhook)
+        self._deliver_bulk = actor("ccm.deliver_bulk", f"{QUEUE}.bulk.deliver", 20, deliver)
+        self._route_bulk = actor("ccm.route_bulk", f"{QUEUE}.bulk", 30, route)
+
+    def route(self, communication_id: str, at: dt.datetime | None = None, *, bulk: bool = False) -> None:
+        actor = self._route_bulk if bulk else self._route
+        actor.send_with_options(args=(communication_id,), delay=_delay(at))
+
+    def deliver(self, delivery_id: str, at: dt.datetime | None = None, *, bulk: bool = False) -> None:
+        actor = self._deliver_bulk if bulk else self._deliver
+        actor.send_with_options(args=(delivery_id,), delay=_delay(at))
 
     def webhook(self, message_id: str, at: dt.datetime | None = None) -> None:
         self._webhook.send_with_options(args=(message_id,), delay=_delay(at))
@@ -114,7 +138,8 @@ class RelayLoop:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self._pipeline.relay()
+                with background_writes():
+                    self._pipeline.relay()
             except Exception:  # a database hiccup must not end the loop; the next round tries again
                 log.exception("the relay failed; trying again in %.0fs", self._interval)
             self._stop.wait(self._interval)

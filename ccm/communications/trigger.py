@@ -75,6 +75,17 @@ def resolve_customer(session: Session, given: str | InlineCustomer, *, actor: st
     return customer
 
 
+def _workflow_check(body: TriggerIn, pointer: str) -> None:
+    if body.workflow is not None:
+        raise InvalidInput(
+            [
+                FieldError(
+                    "body", f"{pointer}/workflow", f"there is no workflow '{body.workflow}'", "not_found"
+                )
+            ]
+        )
+
+
 def accept(
     session: Session,
     settings: Settings,
@@ -88,14 +99,7 @@ def accept(
 ) -> Communication:
     """Check and store one trigger; nothing is stored if anything in it is wrong. `queued`: the caller hands
     it to the queue once committed; otherwise the relay finds it on its next round."""
-    if body.workflow is not None:
-        raise InvalidInput(
-            [
-                FieldError(
-                    "body", f"{pointer}/workflow", f"there is no workflow '{body.workflow}'", "not_found"
-                )
-            ]
-        )
+    _workflow_check(body, pointer)
     customer = resolve_customer(session, body.customer, actor=actor, pointer=f"{pointer}/customer")
     now = utcnow()
     communication = service.create_communication(
@@ -118,6 +122,39 @@ def accept(
     return communication
 
 
+@dataclass(frozen=True)
+class _Checked:
+    """A trigger checked in a read transaction, ready to be written."""
+
+    row: dict[str, Any]
+    facts: service.TemplateFacts
+    customer: Customer
+
+
+def _check(session: Session, body: TriggerIn, *, actor: str, now: dt.datetime) -> _Checked:
+    _workflow_check(body, "")
+    customer = resolve_customer(session, body.customer, actor=actor, pointer="/customer")
+    facts = service.Checker(session).check(
+        template_key=body.template,
+        customer=customer,
+        data=body.data,
+        channels=body.channels,
+        reference=body.reference,
+    )
+    row = service.communication_row(
+        facts,
+        customer=customer,
+        data=body.data,
+        channels=body.channels,
+        actor=actor,
+        now=now,
+        reference=body.reference,
+        send_at=body.send_at,
+    )
+    row["enqueued_at"] = row["due_at"]  # handed to the queue once committed (see accept)
+    return _Checked(row, facts, customer)
+
+
 def trigger(
     database: Database,
     settings: Settings,
@@ -135,6 +172,24 @@ def trigger(
         return _trigger_once(database, settings, body, principal, idempotency_key, digest)
 
 
+def _replay(kept: IdempotencyKey | None, digest: str, now: dt.datetime) -> Accepted | None:
+    """The first answer to this Idempotency-Key, if it is still kept; 409 for another body."""
+    if kept is None or kept.expires_at <= now:
+        return None
+    if kept.request_hash != digest:
+        raise IdempotencyConflict(
+            "this Idempotency-Key was first used with a different request body; use a new key "
+            "for a new request"
+        )
+    return Accepted(
+        kept.status_code,
+        kept.response,
+        True,
+        str(kept.response["id"]),
+        dt.datetime.fromisoformat(str(kept.response["due_at"])),
+    )
+
+
 def _trigger_once(
     database: Database,
     settings: Settings,
@@ -143,27 +198,32 @@ def _trigger_once(
     idempotency_key: str | None,
     digest: str,
 ) -> Accepted:
+    now = utcnow()
+    checked = None
+    # Everything that only reads is done before the write transaction, so that the write lock (one writer
+    # at a time on SQLite) is held for the inserts alone. What changes in between is caught at the write: a
+    # reused key or reference by their unique indexes (the retry in trigger() then answers as above).
+    with database.read() as session:
+        if idempotency_key is not None:
+            kept = session.get(IdempotencyKey, (principal.key_id, idempotency_key))
+            replayed = _replay(kept, digest, now)
+            if replayed is not None:
+                return replayed
+        if isinstance(body.customer, str):  # an inline customer is upserted, so checked in the write
+            checked = _check(session, body, actor=principal.actor, now=now)
     with database.transaction() as session:
-        now = utcnow()
         if idempotency_key is not None:
             kept = session.get(IdempotencyKey, (principal.key_id, idempotency_key), with_for_update=True)
-            if kept is not None and kept.expires_at > now:
-                if kept.request_hash != digest:
-                    raise IdempotencyConflict(
-                        "this Idempotency-Key was first used with a different request body; use a new key "
-                        "for a new request"
-                    )
-                return Accepted(
-                    kept.status_code,
-                    kept.response,
-                    True,
-                    str(kept.response["id"]),
-                    dt.datetime.fromisoformat(str(kept.response["due_at"])),
-                )
+            replayed = _replay(kept, digest, now)
+            if replayed is not None:
+                return replayed
             if kept is not None:
                 session.delete(kept)
                 session.flush()
-        communication = accept(session, settings, body, actor=principal.actor)
+        if checked is not None:
+            communication = service.store_communication(session, checked.row, checked.facts, checked.customer)
+        else:
+            communication = accept(session, settings, body, actor=principal.actor)
         response = AcceptedOut(
             id=communication.id, status=communication.status, due_at=communication.due_at
         ).model_dump(mode="json")

@@ -28,10 +28,10 @@ class ListQueue:
     routed: list[str] = field(default_factory=list)
     delivered: list[str] = field(default_factory=list)
 
-    def route(self, communication_id: str, at: dt.datetime | None = None) -> None:
+    def route(self, communication_id: str, at: dt.datetime | None = None, *, bulk: bool = False) -> None:
         self.routed.append(communication_id)
 
-    def deliver(self, delivery_id: str, at: dt.datetime | None = None) -> None:
+    def deliver(self, delivery_id: str, at: dt.datetime | None = None, *, bulk: bool = False) -> None:
         self.delivered.append(delivery_id)
 
     def webhook(self, message_id: str, at: dt.datetime | None = None) -> None:

@@ -1,0 +1,152 @@
+"""SQLite writers queue in the process (ccm.db.WriteLock) instead of polling SQLite's busy handler."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+
+from ccm import db as ccm_db
+from ccm.db import Database, WriteLock, background_writes
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.001)
+
+
+def _waiter(lock: WriteLock, name: str, order: list[str], *, background: bool) -> threading.Thread:
+    def run() -> None:
+        if background:
+            with background_writes():
+                assert lock.acquire(5)
+        else:
+            assert lock.acquire(5)
+        order.append(name)
+        lock.release()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def _queued(lock: WriteLock) -> int:
+    return len(lock._waiting) + len(lock._waiting_background)
+
+
+def test_writers_get_the_lock_in_the_order_they_asked() -> None:
+    lock = WriteLock()
+    assert lock.acquire(1)
+    order: list[str] = []
+    threads = []
+    for name in "abcde":
+        threads.append(_waiter(lock, name, order, background=False))
+        _wait_until(lambda count=len(threads): _queued(lock) == count)
+    lock.release()
+    for thread in threads:
+        thread.join(5)
+    assert order == list("abcde")
+
+
+def test_an_api_write_goes_before_queued_background_work_but_cannot_starve_it() -> None:
+    lock = WriteLock()
+    assert lock.acquire(1)
+    order: list[str] = []
+    threads = [_waiter(lock, "worker-1", order, background=True)]
+    _wait_until(lambda: _queued(lock) == 1)
+    threads.append(_waiter(lock, "worker-2", order, background=True))
+    _wait_until(lambda: _queued(lock) == 2)
+    for number in range(1, 8):
+        threads.append(_waiter(lock, f"request-{number}", order, background=False))
+        _wait_until(lambda count=len(threads): _queued(lock) == count)
+    lock.release()
+    for thread in threads:
+        thread.join(5)
+    # Requests first, but every WriteLock.BACKGROUND_TURN-th hand-over goes to the waiting background work.
+    assert order == [
+        "request-1",
+        "request-2",
+        "request-3",
+        "worker-1",
+        "request-4",
+        "request-5",
+        "request-6",
+        "worker-2",
+        "request-7",
+    ]
+
+
+def test_a_writer_that_waits_too_long_leaves_the_queue() -> None:
+    lock = WriteLock()
+    assert lock.acquire(1)
+    assert lock.acquire(0.05) is False
+    assert _queued(lock) == 0
+    lock.release()
+    assert lock.acquire(0.05) is True  # free again: the one that gave up took nothing with it
+
+
+def test_a_transaction_kept_waiting_is_the_database_locked_error_the_api_answers_503(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ccm_db, "SQLITE_LOCK_TIMEOUT", 0.1)
+    url = f"sqlite:///{tmp_path / 'locked.db'}"
+    first, second = Database(url), Database(url)  # two objects on one file share the lock
+    try:
+        with first.transaction() as session:
+            session.execute(text("CREATE TABLE t (x INTEGER)"))
+            failure: list[BaseException] = []
+
+            def write() -> None:
+                try:
+                    with second.transaction() as other:
+                        other.execute(text("INSERT INTO t VALUES (1)"))
+                except OperationalError as exc:
+                    failure.append(exc)
+
+            thread = threading.Thread(target=write)
+            thread.start()
+            thread.join(5)
+        assert len(failure) == 1
+        assert "database is locked" in str(failure[0])
+        with second.transaction() as session:  # and nothing was left held
+            session.execute(text("INSERT INTO t VALUES (2)"))
+        with second.read() as session:
+            assert session.execute(text("SELECT x FROM t")).scalars().all() == [2]
+    finally:
+        first.dispose()
+        second.dispose()
+
+
+def test_many_threads_writing_at_once_all_commit(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'busy.db'}"
+    database = Database(url)
+    try:
+        with database.transaction() as session:
+            session.execute(text("CREATE TABLE t (x INTEGER)"))
+
+        def write(number: int) -> None:
+            for index in range(20):
+                if number % 2:
+                    with background_writes(), database.transaction() as session:
+                        session.execute(text("INSERT INTO t VALUES (:x)"), {"x": number * 100 + index})
+                else:
+                    with database.transaction() as session:
+                        session.execute(text("INSERT INTO t VALUES (:x)"), {"x": number * 100 + index})
+
+        threads = [threading.Thread(target=write, args=(number,)) for number in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        with database.read() as session:
+            assert session.execute(text("SELECT count(*) FROM t")).scalar_one() == 16 * 20
+    finally:
+        database.dispose()
