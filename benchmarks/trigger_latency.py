@@ -73,6 +73,8 @@ def phase(
     seconds (each client at its own offset; one falling behind sends at once, and its latency counts from
     when it should have sent, so a slow server cannot hide its backlog); each latency is kept."""
     result = Phase()
+    for client in clients:
+        client.close()  # idle since the last phase, the server may have closed it; reopened on first use
     lock = threading.Lock()
     start = threading.Barrier(len(clients) + 1)
 

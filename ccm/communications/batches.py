@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ccm import audit
-from ccm.communications import service, trigger
+from ccm.communications import queueing, service, trigger
 from ccm.communications.models import Batch, BatchError, Communication, new_id
 from ccm.communications.schemas import TriggerIn
 from ccm.config import Settings
@@ -270,7 +270,9 @@ def _store(
                         send_at=row.send_at,
                         batch_id=batch_id,
                     )
-                    values["enqueued_at"] = values["due_at"] if queued else None
+                    values["enqueued_at"] = (
+                        queueing.enqueued_at(settings, values["due_at"]) if queued else None
+                    )
                     inserts.append(values)
                     events.append(service.accepted_event(values, facts, customer))
                     progress.handed.append((values["id"], values["due_at"]))

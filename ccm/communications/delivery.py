@@ -36,7 +36,7 @@ from ccm.channels.models import ProviderCallback
 from ccm.channels.portal import PortalAdapter, put_in_inbox
 from ccm.channels.print import AddressPlacementError, LetterTooLarge, PrintAdapter, letter
 from ccm.channels.sms import SmsAdapter, make_sms_sender
-from ccm.communications import service
+from ccm.communications import queueing, service
 from ccm.communications.models import Communication, Delivery
 from ccm.communications.status import TWILIO_STATUSES, DeliveryStatus
 from ccm.config import Settings
@@ -77,6 +77,15 @@ class _Job:
     customer: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class _Fresh:
+    """Output prepared by this worker, stored but not yet logged."""
+
+    prepared: Prepared
+    sha256: str
+    size: int
+
+
 class Deliverer:
     def __init__(
         self,
@@ -95,42 +104,112 @@ class Deliverer:
 
     def deliver(self, delivery_id: str) -> DeliveryStatus:
         """Send one delivery if it is still pending and no other worker holds it; answers its status
-        afterwards (`pending` while another worker holds it). A transient failure is raised."""
-        status = self._claim(delivery_id)
-        if status is not None:
-            return status
+        afterwards (`pending` while another worker holds it). A transient failure is raised.
+
+        A new delivery is rendered, prepared and stored before it is claimed, so that claiming it and
+        logging its artifact are one short write transaction; two workers handed the same delivery may both
+        render it, but only the one whose claim commits sends it, and the artifact it logged is what is
+        sent, then and on every retry."""
+        with self.database.read() as session:
+            delivery = service.get_delivery(session, delivery_id)
+            status = _unavailable(delivery, utcnow())
+            if status is not None:
+                return status
+            job = self._job(session, delivery)
+        claimed = False
         try:
-            with self.database.read() as session:
-                job = self._job(session, service.get_delivery(session, delivery_id))
             channel = Channel(job.delivery.channel)
             adapter = self.adapters[channel]
             envelope = self._envelope(job, channel)
-            prepared = self._prepared(job, adapter, envelope)
+            fresh = None if job.delivery.artifact_sha256 is not None else self._prepare(adapter, envelope)
+            claim = self._claim(delivery_id, fresh)
+            if isinstance(claim, DeliveryStatus):
+                return claim
+            claimed, prepared = True, claim
             sent = adapter.send(envelope, prepared)
         except TransientDeliveryError as exc:
-            self._attempt_failed(delivery_id, exc)
+            self._attempt_failed(delivery_id, exc, claimed=claimed)
             raise
         except PermanentDeliveryError as exc:
-            return self._failed(delivery_id, exc)
+            return self._failed(delivery_id, exc, claimed=claimed)
         except Exception as exc:
             # Not the adapter contract's: a fault. Counted as a failed attempt (its type only: the message
             # may quote content), released for a retry, and raised for the caller to see.
-            self._attempt_failed(delivery_id, TransientDeliveryError(f"unexpected {type(exc).__name__}"))
+            error = TransientDeliveryError(f"unexpected {type(exc).__name__}")
+            self._attempt_failed(delivery_id, error, claimed=claimed)
             raise
         return self._sent(delivery_id, sent, prepared)
 
-    def _claim(self, delivery_id: str) -> DeliveryStatus | None:
+    def _prepare(self, adapter: ChannelAdapter, envelope: Envelope) -> _Fresh:
+        """The channel's output and its attachments, stored (content-addressed) but not yet logged."""
+        prepared = adapter.prepare(envelope)
+        artifact = self.artifacts.put(prepared.content)
+        attachments = []
+        for attachment in prepared.attachments:
+            stored_attachment = self.artifacts.put(attachment.content)
+            attachments.append(
+                {
+                    "filename": attachment.filename,
+                    "media_type": attachment.media_type,
+                    "sha256": stored_attachment.sha256,
+                    "size": stored_attachment.size,
+                    "pages": attachment.pages,
+                }
+            )
+        details = {**prepared.details, **({"attachments": attachments} if attachments else {})}
+        return _Fresh(
+            Prepared(prepared.content, prepared.media_type, details, prepared.attachments),
+            artifact.sha256,
+            artifact.size,
+        )
+
+    def _claim(self, delivery_id: str, fresh: _Fresh | None) -> Prepared | DeliveryStatus:
         """Reserve a pending delivery for this worker for CCM_DELIVERY_LEASE seconds, so that two workers
-        never send it at once. None: reserved; else the status to answer without sending."""
+        never send it at once, and log a freshly prepared artifact (`delivery.rendered`) in the same
+        transaction. Answers what to send, or the status to answer without sending."""
         with self.database.transaction() as session:
-            delivery = service.get_delivery(session, delivery_id, for_update=True)
-            if delivery.status != DeliveryStatus.pending.value:
-                return DeliveryStatus(delivery.status)
+            row = service.get_delivery(session, delivery_id, for_update=True)
             now = utcnow()
-            if delivery.claimed_until is not None and delivery.claimed_until > now:
-                return DeliveryStatus.pending  # in another worker's hands
-            delivery.claimed_until = now + dt.timedelta(seconds=self.settings.delivery_lease)
-            return None
+            status = _unavailable(row, now)
+            if status is not None:
+                return status
+            row.claimed_until = now + dt.timedelta(seconds=self.settings.delivery_lease)
+            if row.artifact_sha256 is None and fresh is not None:
+                row.artifact_sha256 = fresh.sha256
+                row.artifact_size = fresh.size
+                row.media_type = fresh.prepared.media_type
+                row.details = fresh.prepared.details
+                audit.append(
+                    session,
+                    actor=SYSTEM,
+                    action="delivery.rendered",
+                    subject_type="delivery",
+                    subject_id=row.id,
+                    payload={
+                        "communication": row.communication_id,
+                        "channel": row.channel,
+                        "artifact": fresh.sha256,
+                        "size": fresh.size,
+                        "media_type": fresh.prepared.media_type,
+                        "details": fresh.prepared.details,
+                    },
+                )
+                return fresh.prepared
+            stored = (row.artifact_sha256, row.media_type, dict(row.details))
+        # Prepared before (a retry), or meanwhile by a worker whose lease ran out: what was stored and
+        # logged is what is sent.
+        sha256, media_type, details = stored
+        if sha256 is None:  # read with an artifact, or prepared here: cannot happen
+            raise RuntimeError(f"delivery {delivery_id} has no artifact to send")
+        return Prepared(
+            content=self.artifacts.get(sha256),
+            media_type=media_type or "application/octet-stream",
+            details=details,
+            attachments=tuple(
+                Attachment(a["filename"], a["media_type"], self.artifacts.get(a["sha256"]), a.get("pages"))
+                for a in details.get("attachments", [])
+            ),
+        )
 
     # --- steps ---------------------------------------------------------------------------------------------
 
@@ -226,73 +305,14 @@ class Deliverer:
             attachments=attachments,
         )
 
-    def _prepared(self, job: _Job, adapter: ChannelAdapter, envelope: Envelope) -> Prepared:
-        delivery = job.delivery
-        if delivery.artifact_sha256 is not None:
-            stored = delivery.details.get("attachments", [])
-            return Prepared(
-                content=self.artifacts.get(delivery.artifact_sha256),
-                media_type=delivery.media_type or "application/octet-stream",
-                details=dict(delivery.details),
-                attachments=tuple(
-                    Attachment(
-                        a["filename"], a["media_type"], self.artifacts.get(a["sha256"]), a.get("pages")
-                    )
-                    for a in stored
-                ),
-            )
-        prepared = adapter.prepare(envelope)
-        artifact = self.artifacts.put(prepared.content)
-        attachments = []
-        for attachment in prepared.attachments:
-            stored_attachment = self.artifacts.put(attachment.content)
-            attachments.append(
-                {
-                    "filename": attachment.filename,
-                    "media_type": attachment.media_type,
-                    "sha256": stored_attachment.sha256,
-                    "size": stored_attachment.size,
-                    "pages": attachment.pages,
-                }
-            )
-        details = {**prepared.details, **({"attachments": attachments} if attachments else {})}
-        with self.database.transaction() as session:
-            row = service.get_delivery(session, delivery.id, for_update=True)
-            if row.artifact_sha256 is not None:
-                # Prepared meanwhile by a worker whose lease ran out: what it stored (and logged) is sent.
-                return Prepared(
-                    self.artifacts.get(row.artifact_sha256),
-                    row.media_type or prepared.media_type,
-                    dict(row.details),
-                    prepared.attachments,
-                )
-            if row.artifact_sha256 is None:
-                row.artifact_sha256 = artifact.sha256
-                row.artifact_size = artifact.size
-                row.media_type = prepared.media_type
-                row.details = details
-                audit.append(
-                    session,
-                    actor=SYSTEM,
-                    action="delivery.rendered",
-                    subject_type="delivery",
-                    subject_id=row.id,
-                    payload={
-                        "communication": row.communication_id,
-                        "channel": row.channel,
-                        "artifact": artifact.sha256,
-                        "size": artifact.size,
-                        "media_type": prepared.media_type,
-                        "details": details,
-                    },
-                )
-        return Prepared(prepared.content, prepared.media_type, details, prepared.attachments)
-
-    def _attempt_failed(self, delivery_id: str, error: TransientDeliveryError) -> None:
+    def _attempt_failed(self, delivery_id: str, error: TransientDeliveryError, *, claimed: bool) -> None:
         """Counts the attempt and schedules the next (exponential backoff, the provider's Retry-After if
-        longer); past CCM_RETRY_MAX_ATTEMPTS or CCM_RETRY_MAX_AGE_HOURS the delivery fails."""
+        longer); past CCM_RETRY_MAX_ATTEMPTS or CCM_RETRY_MAX_AGE_HOURS the delivery fails. Unclaimed (it
+        failed while being prepared), it leaves alone a delivery another worker has taken meanwhile."""
         with self.database.transaction() as session:
             delivery = service.get_delivery(session, delivery_id, for_update=True)
+            if not claimed and _unavailable(delivery, utcnow()) is not None:
+                return
             delivery.attempts += 1
             delivery.last_error = str(error)[:500]
             delivery.claimed_until = None
@@ -317,7 +337,7 @@ class Deliverer:
             wait = min(settings.retry_base_seconds * 2 ** (delivery.attempts - 1), settings.retry_max_seconds)
             wait = max(wait * random.uniform(0.8, 1.2), error.retry_after or 0)  # noqa: S311  # jitter, not crypto
             delivery.next_attempt_at = now + dt.timedelta(seconds=wait)
-            delivery.enqueued_at = delivery.next_attempt_at
+            delivery.enqueued_at = queueing.enqueued_at(settings, delivery.next_attempt_at, now)
             audit.append(
                 session,
                 actor=SYSTEM,
@@ -329,9 +349,13 @@ class Deliverer:
                 ),
             )
 
-    def _failed(self, delivery_id: str, error: PermanentDeliveryError) -> DeliveryStatus:
+    def _failed(self, delivery_id: str, error: PermanentDeliveryError, *, claimed: bool) -> DeliveryStatus:
         with self.database.transaction() as session:
             delivery = service.get_delivery(session, delivery_id, for_update=True)
+            if not claimed:
+                status = _unavailable(delivery, utcnow())
+                if status is not None:
+                    return status  # taken (or finished) by another worker meanwhile: theirs to settle
             delivery.attempts += 1
             delivery.last_error = str(error)[:500]
             delivery.claimed_until = None
@@ -402,6 +426,16 @@ class Deliverer:
                 subject_id=communication.id,
                 payload={"portal_message": portal_message, "channels": channels, "error": str(exc)},
             )
+
+
+def _unavailable(delivery: Delivery, now: dt.datetime) -> DeliveryStatus | None:
+    """Why this worker may not take the delivery (its status: finished, or `pending` in another worker's
+    hands), or None if it may."""
+    if delivery.status != DeliveryStatus.pending.value:
+        return DeliveryStatus(delivery.status)
+    if delivery.claimed_until is not None and delivery.claimed_until > now:
+        return DeliveryStatus.pending
+    return None
 
 
 def _error_payload(delivery: Delivery, error: DeliveryError, **extra: Any) -> dict[str, Any]:

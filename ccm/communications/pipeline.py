@@ -21,7 +21,7 @@ from sqlalchemy import delete, or_, select, update
 from ccm import audit
 from ccm.channels import Channel
 from ccm.channels.base import TransientDeliveryError
-from ccm.communications import routing, service
+from ccm.communications import queueing, routing, service
 from ccm.communications.delivery import SYSTEM, Deliverer
 from ccm.communications.models import Communication, Delivery, IdempotencyKey, WebhookMessage
 from ccm.communications.service import GIVEN_UP, CommunicationStatus
@@ -71,11 +71,14 @@ class Pipeline:
             bulk = communication.batch_id is not None
             if communication.due_at > now:
                 # Early (a scheduled send, a delay rounded down, clocks apart): back in the queue till due.
-                later = communication.enqueued_at = communication.due_at
+                later = communication.due_at
+                communication.enqueued_at = queueing.enqueued_at(self.settings, later, now)
             else:
                 deliveries = service.route(session, self.settings, communication, actor=SYSTEM)
                 for delivery in deliveries:
-                    delivery.enqueued_at = max(delivery.next_attempt_at or now, now)
+                    delivery.enqueued_at = queueing.enqueued_at(
+                        self.settings, max(delivery.next_attempt_at or now, now), now
+                    )
                 handed = [(d.id, d.next_attempt_at) for d in deliveries]
         if later is not None:
             self.queue.route(communication_id, later, bulk=bulk)
@@ -120,7 +123,8 @@ class Pipeline:
     def _defer(self, delivery_id: str, until: dt.datetime) -> None:
         with self.database.transaction() as session:
             delivery = service.get_delivery(session, delivery_id, for_update=True)
-            delivery.next_attempt_at = delivery.enqueued_at = until
+            delivery.next_attempt_at = until
+            delivery.enqueued_at = queueing.enqueued_at(self.settings, until)
             audit.append(
                 session,
                 actor=SYSTEM,
@@ -149,7 +153,9 @@ class Pipeline:
             following = service.fall_back(session, self.settings, delivery, actor=SYSTEM)
             if following is None:
                 return
-            following.enqueued_at = max(following.next_attempt_at or utcnow(), utcnow())
+            following.enqueued_at = queueing.enqueued_at(
+                self.settings, max(following.next_attempt_at or utcnow(), utcnow())
+            )
             handed = (following.id, following.next_attempt_at)
         self.queue.deliver(*handed)
 

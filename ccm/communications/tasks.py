@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import dramatiq
 
-from ccm.communications import webhooks
+from ccm.communications import queueing, webhooks
 from ccm.communications.delivery import make_deliverer
 from ccm.communications.pipeline import Pipeline
 from ccm.config import Settings
@@ -52,6 +52,8 @@ class DramatiqQueue:
     the batch."""
 
     def __init__(self, broker: dramatiq.Broker, runtime: Runtime, settings: Settings) -> None:
+        self._settings = settings
+
         def actor(
             name: str, queue: str, priority: int, function: Callable[[str], None]
         ) -> dramatiq.Actor[[str], None]:
@@ -82,16 +84,22 @@ class DramatiqQueue:
         self._deliver_bulk = actor("ccm.deliver_bulk", f"{QUEUE}.bulk.deliver", 20, deliver)
         self._route_bulk = actor("ccm.route_bulk", f"{QUEUE}.bulk", 30, route)
 
+    # Work due beyond the horizon is not queued: the pipeline recorded it as not in the queue's hands
+    # (ccm.communications.queueing), and the relay queues it when it falls due.
+
     def route(self, communication_id: str, at: dt.datetime | None = None, *, bulk: bool = False) -> None:
-        actor = self._route_bulk if bulk else self._route
-        actor.send_with_options(args=(communication_id,), delay=_delay(at))
+        if queueing.soon(self._settings, at):
+            actor = self._route_bulk if bulk else self._route
+            actor.send_with_options(args=(communication_id,), delay=_delay(at))
 
     def deliver(self, delivery_id: str, at: dt.datetime | None = None, *, bulk: bool = False) -> None:
-        actor = self._deliver_bulk if bulk else self._deliver
-        actor.send_with_options(args=(delivery_id,), delay=_delay(at))
+        if queueing.soon(self._settings, at):
+            actor = self._deliver_bulk if bulk else self._deliver
+            actor.send_with_options(args=(delivery_id,), delay=_delay(at))
 
     def webhook(self, message_id: str, at: dt.datetime | None = None) -> None:
-        self._webhook.send_with_options(args=(message_id,), delay=_delay(at))
+        if queueing.soon(self._settings, at):
+            self._webhook.send_with_options(args=(message_id,), delay=_delay(at))
 
 
 class Runtime:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from ccm.audit.models import AuditEvent
 from ccm.auth.service import Principal
 from ccm.channels import Channel
-from ccm.communications import service
+from ccm.communications import queueing, service
 from ccm.communications.models import Communication, IdempotencyKey
 from ccm.communications.schemas import (
     AcceptedOut,
@@ -118,7 +118,7 @@ def accept(
     )
     # Handed to the queue as soon as this commits (or, for later, when it falls due): the relay takes it
     # again only if it is still unrouted a while after that.
-    communication.enqueued_at = communication.due_at if queued else None
+    communication.enqueued_at = queueing.enqueued_at(settings, communication.due_at) if queued else None
     return communication
 
 
@@ -131,7 +131,9 @@ class _Checked:
     customer: Customer
 
 
-def _check(session: Session, body: TriggerIn, *, actor: str, now: dt.datetime) -> _Checked:
+def _check(
+    session: Session, settings: Settings, body: TriggerIn, *, actor: str, now: dt.datetime
+) -> _Checked:
     _workflow_check(body, "")
     customer = resolve_customer(session, body.customer, actor=actor, pointer="/customer")
     facts = service.Checker(session).check(
@@ -151,7 +153,7 @@ def _check(session: Session, body: TriggerIn, *, actor: str, now: dt.datetime) -
         reference=body.reference,
         send_at=body.send_at,
     )
-    row["enqueued_at"] = row["due_at"]  # handed to the queue once committed (see accept)
+    row["enqueued_at"] = queueing.enqueued_at(settings, row["due_at"])  # see accept
     return _Checked(row, facts, customer)
 
 
@@ -210,7 +212,7 @@ def _trigger_once(
             if replayed is not None:
                 return replayed
         if isinstance(body.customer, str):  # an inline customer is upserted, so checked in the write
-            checked = _check(session, body, actor=principal.actor, now=now)
+            checked = _check(session, settings, body, actor=principal.actor, now=now)
     with database.transaction() as session:
         if idempotency_key is not None:
             kept = session.get(IdempotencyKey, (principal.key_id, idempotency_key), with_for_update=True)

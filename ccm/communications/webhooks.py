@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ccm import audit
+from ccm.communications import queueing
 from ccm.communications.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
 from ccm.config import Settings, redact_url
 from ccm.db import Database, utcnow
@@ -129,7 +130,8 @@ def send(database: Database, settings: Settings, message_id: str) -> dt.datetime
             log.warning("gave up on webhook message %s after %d attempts", message_id, message.attempts)
             return None
         wait = min(settings.retry_base_seconds * 2 ** (message.attempts - 1), settings.retry_max_seconds)
-        message.next_attempt_at = message.enqueued_at = utcnow() + dt.timedelta(seconds=wait)
+        message.next_attempt_at = utcnow() + dt.timedelta(seconds=wait)
+        message.enqueued_at = queueing.enqueued_at(settings, message.next_attempt_at)
         return message.next_attempt_at
 
 
