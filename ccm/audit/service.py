@@ -17,9 +17,9 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import insert, select
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.orm import Session
 
 from ccm.audit.models import GENESIS_HASH, AuditChainHead, AuditEvent
@@ -85,46 +85,12 @@ def append(
     subject_type: str,
     subject_id: str,
     payload: Mapping[str, Any] | None = None,
-) -> AuditEvent:
+) -> None:
     """Record an event chained to the previous one, inside the caller's transaction.
 
     The chain head stays locked until the caller commits, so call this as the last write of a transaction.
     """
-    head = session.execute(
-        select(AuditChainHead)
-        .where(AuditChainHead.id == CHAIN_HEAD_ID)
-        .with_for_update()
-        .execution_options(populate_existing=True)  # never chain onto a head this session read earlier
-    ).scalar_one()
-    occurred_at = format_timestamp(utcnow())
-    seq = head.seq + 1
-    payload_text = canonical_json(dict(payload or {}))
-    digest = event_digest(
-        seq=seq,
-        occurred_at=occurred_at,
-        actor=actor,
-        action=action,
-        subject_type=subject_type,
-        subject_id=subject_id,
-        prev_hash=head.hash,
-        payload=payload_text,
-    )
-    event = AuditEvent(
-        seq=seq,
-        occurred_at=occurred_at,
-        actor=actor,
-        action=action,
-        subject_type=subject_type,
-        subject_id=subject_id,
-        payload=payload_text,
-        prev_hash=head.hash,
-        hash=digest,
-    )
-    session.add(event)
-    head.seq = seq
-    head.hash = digest
-    session.flush()
-    return event
+    append_many(session, [NewEvent(actor, action, subject_type, subject_id, payload or {})])
 
 
 @dataclass(frozen=True)
@@ -136,20 +102,19 @@ class NewEvent:
     payload: Mapping[str, Any]
 
 
+_EVENTS = cast(Table, AuditEvent.__table__)
+_HEAD = cast(Table, AuditChainHead.__table__)
+
+
 def append_many(session: Session, events: list[NewEvent]) -> None:
-    """Record events in order, chained, with one head lock and one bulk insert: for batches, where one
-    append per row would cost a round trip each. Same chain, same format as `append`."""
+    """Record events in order, chained, with one head lock and one insert. Core statements, read fresh
+    from the database each time: never chained onto a head this session read earlier."""
     if not events:
         return
-    head = session.execute(
-        select(AuditChainHead)
-        .where(AuditChainHead.id == CHAIN_HEAD_ID)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).scalar_one()
-    session.flush()
+    seq, previous = session.execute(
+        select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == CHAIN_HEAD_ID).with_for_update()
+    ).one()
     occurred_at = format_timestamp(utcnow())
-    seq, previous = head.seq, head.hash
     rows = []
     for event in events:
         seq += 1
@@ -178,9 +143,8 @@ def append_many(session: Session, events: list[NewEvent]) -> None:
             }
         )
         previous = digest
-    session.execute(insert(AuditEvent), rows)
-    head.seq, head.hash = seq, previous
-    session.flush()
+    session.execute(insert(_EVENTS), rows)
+    session.execute(update(_HEAD).where(_HEAD.c.id == CHAIN_HEAD_ID).values(seq=seq, hash=previous))
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ import datetime as dt
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError
-from sqlalchemy import func, insert, select
+from sqlalchemy import Table, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -239,6 +239,10 @@ def _store(
                 session.scalars(select(Customer).where(Customer.external_id.in_(wanted))) if wanted else []
             )
         }
+        if bulk:
+            checker.look_up_references(
+                (r.template, r.reference) for _, r in rows if isinstance(r, TriggerIn) and r.reference
+            )
         inserts: list[dict[str, Any]] = []
         events: list[audit.NewEvent] = []
         problems_by_row: list[BatchError] = []
@@ -297,7 +301,9 @@ def _store(
                 problem = {"path": "", "message": str(exc), "type": exc.slug}
                 problems_by_row.append(BatchError(batch_id=batch_id, row=number, errors=[problem]))
         if inserts:
-            session.execute(insert(Communication), inserts)
+            session.execute(
+                insert(cast(Table, Communication.__table__)), inserts
+            )  # Core: no ORM bookkeeping per row
         audit.append_many(session, events)
         session.add_all(problems_by_row)
         progress.rejected = len(problems_by_row)

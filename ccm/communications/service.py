@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ from ccm.communications.status import DeliveryStatus, can_move
 from ccm.config import Settings
 from ccm.customers.models import Customer
 from ccm.db import utcnow
-from ccm.errors import Conflict, FieldError, InvalidInput, NotFound
+from ccm.errors import CCMError, Conflict, FieldError, InvalidInput, NotFound
 from ccm.templates_engine import service as templates
 from ccm.templates_engine.models import Category, Template, TemplateKind, TemplateVersion
 
@@ -109,6 +109,29 @@ class Checker:
         self.session = session
         self._templates: dict[str, TemplateFacts] = {}
         self._references: set[tuple[int, str]] = set()
+        # References looked up ahead for a batch's chunk: the communication holding each, or None if free.
+        self._looked_up: dict[tuple[int, str], str | None] = {}
+
+    def look_up_references(self, wanted: Iterable[tuple[str, str]]) -> None:
+        """Find which of these (template key, reference) pairs are taken, in one query per template, so
+        that check() need not ask row by row. Unknown templates are left for check() to report."""
+        by_template: dict[str, set[str]] = {}
+        for key, reference in wanted:
+            by_template.setdefault(key, set()).add(reference)
+        for key, references in by_template.items():
+            try:
+                template_id = self.template(key).template.id
+            except CCMError:
+                continue
+            taken = dict(
+                self.session.execute(
+                    select(Communication.reference, Communication.id).where(
+                        Communication.template_id == template_id, Communication.reference.in_(references)
+                    )
+                ).all()
+            )
+            for reference in references:
+                self._looked_up[(template_id, reference)] = taken.get(reference)
 
     def template(self, key: str, *, pointer: str = "") -> TemplateFacts:
         facts = self._templates.get(key)
@@ -159,11 +182,14 @@ class Checker:
             raise InvalidInput(errors)
         if reference is not None:
             key = (facts.template.id, reference)
-            taken = self.session.scalar(
-                select(Communication.id).where(
-                    Communication.template_id == facts.template.id, Communication.reference == reference
+            if key in self._looked_up:
+                taken = self._looked_up[key]
+            else:
+                taken = self.session.scalar(
+                    select(Communication.id).where(
+                        Communication.template_id == facts.template.id, Communication.reference == reference
+                    )
                 )
-            )
             if taken is not None or key in self._references:
                 raise DuplicateReference(
                     f"reference '{reference}' was already used for template '{template_key}'"
