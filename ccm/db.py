@@ -131,8 +131,18 @@ class WriteLock:
             turn.acquire()
             line = self._waiting_background if getattr(_background, "on", False) else self._waiting
             line.append(turn)
-        if turn.acquire(timeout=timeout):
-            return True
+        try:
+            if turn.acquire(timeout=timeout):
+                return True
+        except BaseException:
+            # Interrupted while waiting (Dramatiq's time limit raises in the thread): leave the line, or, if
+            # the lock was handed over meanwhile, hand it on, so that nobody is left holding it.
+            with self._mutex:
+                try:
+                    line.remove(turn)
+                except ValueError:
+                    self._hand_over()
+            raise
         with self._mutex:
             try:
                 line.remove(turn)
@@ -142,14 +152,18 @@ class WriteLock:
 
     def release(self) -> None:
         with self._mutex:
-            self._handed_over += 1
-            background_turn = self._handed_over % self.BACKGROUND_TURN == 0
-            if self._waiting_background and (background_turn or not self._waiting):
-                self._waiting_background.popleft().release()  # handed over: still held
-            elif self._waiting:
-                self._waiting.popleft().release()
-            else:
-                self._held = False
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """To the next in line, or free; the caller holds the mutex."""
+        self._handed_over += 1
+        background_turn = self._handed_over % self.BACKGROUND_TURN == 0
+        if self._waiting_background and (background_turn or not self._waiting):
+            self._waiting_background.popleft().release()  # handed over: still held
+        elif self._waiting:
+            self._waiting.popleft().release()
+        else:
+            self._held = False
 
 
 _write_locks: dict[str, WriteLock] = {}
@@ -197,14 +211,19 @@ class Database:
             with self._sessions() as session, session.begin():
                 yield session
             return
-        if not lock.acquire(SQLITE_LOCK_TIMEOUT):
-            # What SQLite says when its own busy timeout runs out (answered 503 and retried by callers).
-            raise OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked"))
+        acquired = False
         try:
+            acquired = lock.acquire(SQLITE_LOCK_TIMEOUT)
+            if not acquired:
+                # What SQLite says when its own busy timeout runs out (answered 503 and retried by callers).
+                raise OperationalError(
+                    "BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked")
+                )
             with self._sessions() as session, session.begin():
                 yield session
         finally:
-            lock.release()
+            if acquired:
+                lock.release()
 
     @contextmanager
     def read(self) -> Iterator[Session]:

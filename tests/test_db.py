@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
 from collections.abc import Callable
@@ -148,5 +149,43 @@ def test_many_threads_writing_at_once_all_commit(tmp_path: Path) -> None:
             thread.join(30)
         with database.read() as session:
             assert session.execute(text("SELECT count(*) FROM t")).scalar_one() == 16 * 20
+    finally:
+        database.dispose()
+
+
+class TimeLimitExceeded(Exception):
+    """What Dramatiq's time limit raises in an actor's thread, from outside it."""
+
+
+def test_a_writer_interrupted_as_the_lock_reaches_it_hands_it_on(tmp_path: Path) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'interrupted.db'}")
+    lock = database._write_lock
+    assert lock is not None
+    caught: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            with database.transaction():
+                pass
+        except TimeLimitExceeded as exc:
+            caught.append(exc)
+
+    try:
+        holder = database.transaction()
+        holder.__enter__()
+        thread = threading.Thread(target=writer)
+        thread.start()
+        _wait_until(lambda: _queued(lock) == 1)
+        # Pending until the writer's blocking wait returns, which is when the lock is handed to it.
+        assert thread.ident is not None
+        raised = ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(thread.ident), ctypes.py_object(TimeLimitExceeded)
+        )
+        assert raised == 1
+        holder.__exit__(None, None, None)
+        thread.join(5)
+        assert caught
+        assert lock.acquire(1.0)  # free again, not held by a thread that is gone
+        lock.release()
     finally:
         database.dispose()

@@ -78,6 +78,15 @@ class _Job:
 
 
 @dataclass(frozen=True)
+class _Stored:
+    """An artifact stored and logged before, to be sent as it is."""
+
+    sha256: str
+    media_type: str | None
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class _Fresh:
     """Output prepared by this worker, stored but not yet logged."""
 
@@ -125,7 +134,8 @@ class Deliverer:
             claim = self._claim(delivery_id, fresh)
             if isinstance(claim, DeliveryStatus):
                 return claim
-            claimed, prepared = True, claim
+            claimed = True  # from here on, ours to release or settle whatever happens
+            prepared = claim if isinstance(claim, Prepared) else self._stored(claim)
             sent = adapter.send(envelope, prepared)
         except TransientDeliveryError as exc:
             self._attempt_failed(delivery_id, exc, claimed=claimed)
@@ -163,10 +173,11 @@ class Deliverer:
             artifact.size,
         )
 
-    def _claim(self, delivery_id: str, fresh: _Fresh | None) -> Prepared | DeliveryStatus:
+    def _claim(self, delivery_id: str, fresh: _Fresh | None) -> Prepared | _Stored | DeliveryStatus:
         """Reserve a pending delivery for this worker for CCM_DELIVERY_LEASE seconds, so that two workers
         never send it at once, and log a freshly prepared artifact (`delivery.rendered`) in the same
-        transaction. Answers what to send, or the status to answer without sending."""
+        transaction. Answers what to send (prepared here, or stored before), or the status to answer
+        without sending."""
         with self.database.transaction() as session:
             row = service.get_delivery(session, delivery_id, for_update=True)
             now = utcnow()
@@ -195,12 +206,15 @@ class Deliverer:
                     },
                 )
                 return fresh.prepared
-            stored = (row.artifact_sha256, row.media_type, dict(row.details))
-        # Prepared before (a retry), or meanwhile by a worker whose lease ran out: what was stored and
-        # logged is what is sent.
-        sha256, media_type, details = stored
-        if sha256 is None:  # read with an artifact, or prepared here: cannot happen
-            raise RuntimeError(f"delivery {delivery_id} has no artifact to send")
+            if row.artifact_sha256 is None:  # read with an artifact, or prepared here: cannot happen
+                raise RuntimeError(f"delivery {delivery_id} has no artifact to send")
+            # Prepared before (a retry), or meanwhile by a worker whose lease ran out: what was stored and
+            # logged is what is sent.
+            return _Stored(row.artifact_sha256, row.media_type, dict(row.details))
+
+    def _stored(self, stored: _Stored) -> Prepared:
+        """A stored artifact read back (checked against its hash) to be sent again."""
+        sha256, media_type, details = stored.sha256, stored.media_type, stored.details
         return Prepared(
             content=self.artifacts.get(sha256),
             media_type=media_type or "application/octet-stream",
@@ -430,11 +444,13 @@ class Deliverer:
 
 def _unavailable(delivery: Delivery, now: dt.datetime) -> DeliveryStatus | None:
     """Why this worker may not take the delivery (its status: finished, or `pending` in another worker's
-    hands), or None if it may."""
+    hands or waiting for its next attempt), or None if it may."""
     if delivery.status != DeliveryStatus.pending.value:
         return DeliveryStatus(delivery.status)
     if delivery.claimed_until is not None and delivery.claimed_until > now:
         return DeliveryStatus.pending
+    if delivery.next_attempt_at is not None and delivery.next_attempt_at > now:
+        return DeliveryStatus.pending  # a failed attempt's backoff (or Retry-After) is not cut short
     return None
 
 

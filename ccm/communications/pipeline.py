@@ -87,7 +87,9 @@ class Pipeline:
 
     # --- delivering -----------------------------------------------------------------------------------------
 
-    def deliver(self, delivery_id: str) -> None:
+    def deliver(self, delivery_id: str, *, bulk: bool = False) -> None:
+        """`bulk`: a batch's delivery; whatever it queues again (a retry, a deferral, the next channel)
+        stays behind single triggers' work, as it came."""
         now = utcnow()
         with self.database.read() as session:
             delivery = service.get_delivery(session, delivery_id)
@@ -101,26 +103,26 @@ class Pipeline:
             if delivery.channel == Channel.sms.value:
                 timezone = session.get_one(Customer, delivery.customer_id).timezone
         if early is not None:
-            self.queue.deliver(delivery_id, early)  # early: back in the queue till its time
+            self.queue.deliver(delivery_id, early, bulk=bulk)  # early: back in the queue till its time
             return
         if delivery.channel == Channel.sms.value:
             later = routing.next_sms_time(self.settings, timezone, now)
             if later is not None:
-                self._defer(delivery_id, later)
+                self._defer(delivery_id, later, bulk=bulk)
                 return
         try:
             status = self.deliverer.deliver(delivery_id)
         except TransientDeliveryError:
-            status = self._after_transient(delivery_id)
+            status = self._after_transient(delivery_id, bulk=bulk)
         except Exception:
             # A fault: the attempt is counted (and the delivery given up after the last); fall back if so.
-            if self._after_transient(delivery_id) is DeliveryStatus.failed:
-                self._fall_back(delivery_id)
+            if self._after_transient(delivery_id, bulk=bulk) is DeliveryStatus.failed:
+                self._fall_back(delivery_id, bulk=bulk)
             raise
         if status is DeliveryStatus.failed:
-            self._fall_back(delivery_id)
+            self._fall_back(delivery_id, bulk=bulk)
 
-    def _defer(self, delivery_id: str, until: dt.datetime) -> None:
+    def _defer(self, delivery_id: str, until: dt.datetime, *, bulk: bool = False) -> None:
         with self.database.transaction() as session:
             delivery = service.get_delivery(session, delivery_id, for_update=True)
             delivery.next_attempt_at = until
@@ -138,16 +140,16 @@ class Pipeline:
                     "reason": f"outside the SMS window {self.settings.sms_send_window}, customer's time",
                 },
             )
-        self.queue.deliver(delivery_id, until)
+        self.queue.deliver(delivery_id, until, bulk=bulk)
 
-    def _after_transient(self, delivery_id: str) -> DeliveryStatus:
+    def _after_transient(self, delivery_id: str, *, bulk: bool = False) -> DeliveryStatus:
         with self.database.read() as session:
             delivery = service.get_delivery(session, delivery_id)
         if delivery.status == DeliveryStatus.pending.value:
-            self.queue.deliver(delivery_id, delivery.next_attempt_at)
+            self.queue.deliver(delivery_id, delivery.next_attempt_at, bulk=bulk)
         return DeliveryStatus(delivery.status)
 
-    def _fall_back(self, delivery_id: str) -> None:
+    def _fall_back(self, delivery_id: str, *, bulk: bool = False) -> None:
         with self.database.transaction() as session:
             delivery = service.get_delivery(session, delivery_id, for_update=True)
             following = service.fall_back(session, self.settings, delivery, actor=SYSTEM)
@@ -157,7 +159,7 @@ class Pipeline:
                 self.settings, max(following.next_attempt_at or utcnow(), utcnow())
             )
             handed = (following.id, following.next_attempt_at)
-        self.queue.deliver(*handed)
+        self.queue.deliver(*handed, bulk=bulk)
 
     # --- the relay ------------------------------------------------------------------------------------------
 

@@ -78,10 +78,13 @@ class DramatiqQueue:
         def deliver(delivery_id: str) -> None:
             runtime.pipeline().deliver(delivery_id)
 
+        def deliver_bulk(delivery_id: str) -> None:
+            runtime.pipeline().deliver(delivery_id, bulk=True)
+
         self._deliver = actor("ccm.deliver", f"{QUEUE}.deliver", 0, deliver)
         self._route = actor("ccm.route", QUEUE, 10, route)
         self._webhook = actor("ccm.webhook", f"{QUEUE}.webhook", 10, runtime.send_webhook)
-        self._deliver_bulk = actor("ccm.deliver_bulk", f"{QUEUE}.bulk.deliver", 20, deliver)
+        self._deliver_bulk = actor("ccm.deliver_bulk", f"{QUEUE}.bulk.deliver", 20, deliver_bulk)
         self._route_bulk = actor("ccm.route_bulk", f"{QUEUE}.bulk", 30, route)
 
     # Work due beyond the horizon is not queued: the pipeline recorded it as not in the queue's hands

@@ -17,7 +17,7 @@ from pypdf import PdfReader
 from sqlalchemy import select
 
 from ccm.channels import Channel
-from ccm.channels.artifacts import ArtifactStore
+from ccm.channels.artifacts import ArtifactMissing, ArtifactStore
 from ccm.channels.base import TransientDeliveryError
 from ccm.channels.models import PortalDocument, PortalMessage
 from ccm.communications import service
@@ -225,3 +225,27 @@ def test_a_name_cannot_add_an_addressee_and_an_address_needing_smtputf8_fails_pl
     delivery = sender.send("payment_reminder", "CUST-1001", sample("payment_reminder"), [Channel.email])
     assert delivery.status == DeliveryStatus.failed
     assert "SMTPUTF8" in (delivery.last_error or "")
+
+
+def test_a_failure_after_the_claim_is_counted_and_releases_the_delivery(
+    sender: Sender, sink: SmtpSink, database: Database
+) -> None:
+    sink.handler.busy["amelia.hartley@example.co.uk"] = 1
+    [delivery_id] = sender.create(
+        "payment_reminder", "CUST-1001", sample("payment_reminder"), [Channel.email]
+    )
+    with pytest.raises(TransientDeliveryError):
+        sender.deliverer.deliver(delivery_id)
+    first = sender.delivery(delivery_id)
+    assert first.attempts == 1
+    assert first.artifact_sha256
+
+    artifact_store(sender.settings).path_of(first.artifact_sha256).unlink()  # a lost or unreadable store
+    with pytest.raises(ArtifactMissing):
+        sender.deliverer.deliver(delivery_id)
+
+    again = sender.delivery(delivery_id)
+    assert again.status == DeliveryStatus.pending
+    assert again.claimed_until is None  # released for the next try, not held till the lease runs out
+    assert again.attempts == 2
+    assert count_events(database, "delivery.attempt_failed") == 2

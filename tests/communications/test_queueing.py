@@ -40,7 +40,7 @@ class RecordingPipeline:
     def route(self, communication_id: str) -> None:
         self._record(f"route {communication_id}")
 
-    def deliver(self, delivery_id: str) -> None:
+    def deliver(self, delivery_id: str, *, bulk: bool = False) -> None:
         self._record(f"deliver {delivery_id}")
 
 
