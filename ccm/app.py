@@ -29,6 +29,7 @@ from ccm.templates_engine.router import router as templates_router
 from ccm.templates_engine.service import make_engine, warm_live_versions
 from ccm.web.portal import router as portal_router
 from ccm.worker import EmbeddedWorker, configure_broker
+from ccm.workflows.router import router as workflows_router
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     app.include_router(keys_router)
     app.include_router(customers_router)
     app.include_router(templates_router)
+    app.include_router(workflows_router)
     app.include_router(communications_router)
     app.include_router(unsubscribe_router)
     app.include_router(twilio_router)

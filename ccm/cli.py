@@ -254,7 +254,8 @@ def templates_export(
     folder: Annotated[Path, typer.Argument(help="Where to write it: FOLDER/KEY/...")],
     version: Annotated[int | None, typer.Option(help="Default: the live version, else the newest.")] = None,
 ) -> None:
-    """Write a template version in the folder format that `ccm templates sync` reads."""
+    """Write a template version in the folder format that `ccm templates sync` reads (a workflow as
+    FOLDER/workflows/KEY.yaml)."""
     from ccm.db import Database
     from ccm.errors import CCMError
     from ccm.templates_engine import files, service
@@ -279,8 +280,13 @@ def templates_export(
         raise typer.Exit(1) from None
     finally:
         database.dispose()
-    files.write_folder(folder / key, template=metadata, content=content)
-    out.print(f"wrote {key} v{number} to {folder / key}", highlight=False)
+    if metadata["kind"] == "workflow":
+        target = folder / files.WORKFLOWS_FOLDER / f"{key}.yaml"
+        files.write_workflow(target, template=metadata, content=content)
+    else:
+        target = folder / key
+        files.write_folder(target, template=metadata, content=content)
+    out.print(f"wrote {key} v{number} to {target}", highlight=False)
 
 
 @app.command()

@@ -29,6 +29,7 @@ class FieldError:
     type: str = "invalid"
     line: int | None = None  # for template sources: the line the problem is on
     part: str | None = None  # for template sources: the part, such as "email.html" or "fr:sms.body"
+    column: int | None = None  # for expressions: the character (from 1) the problem is at
 
     def as_dict(self) -> dict[str, str | int]:
         result: dict[str, str | int] = {
@@ -41,6 +42,8 @@ class FieldError:
             result["part"] = self.part
         if self.line is not None:
             result["line"] = self.line
+        if self.column is not None:
+            result["column"] = self.column
         return result
 
 

@@ -15,6 +15,7 @@ from ccm.communications.models import (
 )
 from ccm.customers.models import Consent, ConsentChange, Customer
 from ccm.templates_engine.models import Template, TemplateDependency, TemplatePublication, TemplateVersion
+from ccm.workflows.models import Task
 
 __all__ = [
     "ApiKey",
@@ -32,6 +33,7 @@ __all__ = [
     "PortalMessage",
     "PrintBatch",
     "ProviderCallback",
+    "Task",
     "Template",
     "TemplateDependency",
     "TemplatePublication",

@@ -245,13 +245,17 @@ class Deliverer:
         return RenderContext(
             customer=job.customer,
             data=job.communication.data,
-            message=message_context(
-                self.settings,
-                job.communication.id,
-                external_id=external_id,
-                channel=channel,
-                date=job.communication.created_at.date(),
-            ),
+            message={
+                **message_context(
+                    self.settings,
+                    job.communication.id,
+                    external_id=external_id,
+                    channel=channel,
+                    date=job.communication.created_at.date(),
+                ),
+                # A reviewer's edits to the template's editable regions (ccm.templates_engine.editable).
+                "edits": job.communication.options.get("edits", {}),
+            },
             locale=job.communication.locale,
             timezone=str(job.customer.get("timezone") or "UTC"),
         )

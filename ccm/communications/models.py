@@ -47,6 +47,8 @@ class Communication(Base):
     due_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     # The routing decision: mode, the channel chain, what was suppressed and why.
     routing: Mapped[dict[str, Any]] = mapped_column(JSONDocument, default=dict)
+    # The workflow's decision: which rule matched, its expression, the values it saw, the outcome.
+    decision: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument, nullable=True)
     batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id"), nullable=True, index=True)
     # When it was last handed to the queue: the relay hands again what stays unfinished too long after.
     enqueued_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)

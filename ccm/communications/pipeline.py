@@ -29,6 +29,7 @@ from ccm.communications.status import DeliveryStatus
 from ccm.config import Settings
 from ccm.customers.models import Customer
 from ccm.db import Database, utcnow
+from ccm.workflows import reviews
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +252,7 @@ class Pipeline:
                 session.execute(
                     update(WebhookMessage).where(WebhookMessage.id.in_(messages)).values(enqueued_at=now)
                 )
+            reviews.escalate_overdue(session, now=now)  # tasks past their SLA
         self._resume_fallbacks(now, limit)
         for communication_id, batch_id in communications:
             self.queue.route(communication_id, bulk=batch_id is not None)

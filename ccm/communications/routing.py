@@ -28,6 +28,12 @@ from ccm.db import lock_name
 from ccm.templates_engine.models import Category
 
 ELECTRONIC = (Channel.email, Channel.sms, Channel.portal)
+_ADDRESSES = {
+    Channel.email: "email address",
+    Channel.sms: "mobile number",
+    Channel.print: "postal address",
+    Channel.portal: "portal",
+}
 # The template's channels, when the customer states no preference: cheapest and quickest first.
 DEFAULT_ORDER = (Channel.email, Channel.sms, Channel.portal, Channel.print)
 COUNTED = ("routed", "sent", "delivered", "failed")  # statuses that count against a frequency cap
@@ -65,7 +71,26 @@ def decide(
     now: dt.datetime,
 ) -> Decision:
     asked = [Channel(c) for c in communication.channels]
-    if asked:
+    workflow = (communication.decision or {}).get("outcome", {}).get("routing")
+    unusable: list[dict[str, str]] = []
+    if workflow is not None:
+        # The workflow's rule decides: all of its channels, or its fallback chain, or the customer's
+        # preferences among its channels (the sender's channels first, when it named some).
+        listed = [Channel(c) for c in workflow.get("channels", [])]
+        if workflow.get("mode") == "preferred":
+            allowed = [c for c in (listed or DEFAULT_ORDER)]
+            first = asked or [Channel(c) for c in customer.preferred_channels]
+            listed = [c for c in first if c in allowed] + [c for c in allowed if c not in first]
+        for channel in listed:
+            if channel.value not in parts:
+                unusable.append({"channel": channel.value, "reason": f"the template has no {channel} part"})
+            elif channel not in reachable:
+                unusable.append(
+                    {"channel": channel.value, "reason": f"the customer has no {_ADDRESSES[channel]}"}
+                )
+        usable = [c for c in listed if c.value in parts and c in reachable]
+        decision = Decision("all" if workflow.get("mode") == "all" else "fallback", usable, unusable)
+    elif asked:
         decision = Decision("all", list(asked))
     else:
         preferred = [Channel(c) for c in customer.preferred_channels if c in parts]

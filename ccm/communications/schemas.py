@@ -88,6 +88,11 @@ class CommunicationOut(BaseModel):
     reference: str | None
     due_at: dt.datetime
     routing: dict[str, Any]
+    decision: dict[str, Any] | None = Field(
+        default=None,
+        description="The workflow's decision: the rule that matched, its expression, the values"
+        " it saw, and the outcome (see docs/workflows.md).",
+    )
     parent_id: str | None
     batch_id: str | None
     created_at: dt.datetime

@@ -29,10 +29,13 @@ from ccm.db import utcnow
 from ccm.errors import CCMError, Conflict, FieldError, InvalidInput, NotFound
 from ccm.templates_engine import service as templates
 from ccm.templates_engine.models import Category, Template, TemplateKind, TemplateVersion
+from ccm.workflows import service as workflows
 
 
 class CommunicationStatus(enum.StrEnum):
     accepted = "accepted"  # stored; waiting for its send_at or for routing
+    in_review = "in_review"  # a workflow gave it to people to review first
+    with_agent = "with_agent"  # a workflow gave it to a person to handle (a call, a visit)
     routed = "routed"  # channels decided; deliveries made
     sent = "sent"  # at least one delivery left ccm
     delivered = "delivered"  # at least one delivery reached the customer
@@ -231,6 +234,7 @@ def communication_row(
         "reference": reference,
         "due_at": max(send_at, now) if send_at is not None else now,
         "routing": {},
+        "decision": None,
         "batch_id": batch_id,
         "parent_id": parent_id,
         "created_at": now,
@@ -258,6 +262,16 @@ def accepted_event(row: dict[str, Any], facts: TemplateFacts, customer: Customer
             "batch": row["batch_id"],
             "parent": row["parent_id"],
         },
+    )
+
+
+def decided_event(row: dict[str, Any]) -> audit.NewEvent:
+    return audit.NewEvent(
+        actor=row["created_by"],
+        action="communication.decided",
+        subject_type="communication",
+        subject_id=row["id"],
+        payload=row["decision"],
     )
 
 
@@ -304,19 +318,18 @@ def create_communication(
 def store_communication(
     session: Session, row: dict[str, Any], facts: TemplateFacts, customer: Customer
 ) -> Communication:
-    """Writes a checked communication (see communication_row) and its `communication.accepted` event."""
+    """Writes a checked communication (see communication_row) and its `communication.accepted` event; with
+    a workflow's decision, the `communication.decided` event too, and the task it gives people."""
     communication = Communication(**row)
     session.add(communication)
     session.flush()
-    event = accepted_event(row, facts, customer)
-    audit.append(
-        session,
-        actor=event.actor,
-        action=event.action,
-        subject_type=event.subject_type,
-        subject_id=event.subject_id,
-        payload=event.payload,
-    )
+    events = [accepted_event(row, facts, customer)]
+    if row.get("decision") is not None:
+        events.append(decided_event(row))
+        workflows.open_task(
+            session, communication_id=row["id"], decision=row["decision"], now=row["created_at"]
+        )
+    audit.append_many(session, events)
     return communication
 
 
@@ -378,7 +391,12 @@ def set_status(
     events.emit(
         session,
         f"communication.{status.value}",
-        {"communication": communication.id, "status": status.value, "reference": communication.reference},
+        {
+            "communication": communication.id,
+            "status": status.value,
+            "reference": communication.reference,
+            **({"reason": payload["reason"]} if payload and "reason" in payload else {}),
+        },
     )
 
 

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -34,6 +34,10 @@ from ccm.customers.schemas import CustomerIn
 from ccm.db import Database, utcnow
 from ccm.errors import Conflict, FieldError, InvalidInput, NotFound
 from ccm.templates_engine.models import Template, TemplateVersion
+from ccm.templates_engine.preview import customer_context
+from ccm.workflows import service as workflows
+from ccm.workflows.models import Task, TaskStatus
+from ccm.workflows.schemas import Then
 
 IDEMPOTENCY_DAYS = 7
 
@@ -75,15 +79,72 @@ def resolve_customer(session: Session, given: str | InlineCustomer, *, actor: st
     return customer
 
 
-def _workflow_check(body: TriggerIn, pointer: str) -> None:
-    if body.workflow is not None:
-        raise InvalidInput(
-            [
-                FieldError(
-                    "body", f"{pointer}/workflow", f"there is no workflow '{body.workflow}'", "not_found"
-                )
-            ]
-        )
+def _checked(
+    session: Session,
+    settings: Settings,
+    body: TriggerIn,
+    customer: Customer,
+    *,
+    actor: str,
+    now: dt.datetime,
+    pointer: str = "",
+    batch_id: str | None = None,
+    checker: service.Checker | None = None,
+) -> tuple[dict[str, Any], service.TemplateFacts]:
+    """The row of a trigger checked in every way, with its workflow's decision applied."""
+    workflow = (
+        workflows.live_workflow(session, body.workflow, pointer=f"{pointer}/workflow")
+        if body.workflow
+        else None
+    )
+    facts = (checker or service.Checker(session)).check(
+        template_key=body.template,
+        customer=customer,
+        data=body.data,
+        channels=body.channels,
+        reference=body.reference,
+        pointer=pointer,
+    )
+    row = service.communication_row(
+        facts,
+        customer=customer,
+        data=body.data,
+        channels=body.channels,
+        actor=actor,
+        now=now,
+        reference=body.reference,
+        send_at=body.send_at,
+        batch_id=batch_id,
+        workflow=body.workflow,
+    )
+    if workflow is not None:
+        context = {
+            "customer": customer_context(session, customer),
+            "data": body.data,
+            "template": {
+                "key": facts.template.key,
+                "name": facts.template.name,
+                "category": facts.template.category.value,
+                "version": facts.version.number,
+            },
+        }
+        decision = workflows.decide(workflow, context, pointer=f"{pointer}/workflow")
+        row["decision"] = decision
+        delay = workflows.delay_of(decision)
+        if delay is not None:
+            row["due_at"] = row["due_at"] + delay
+        row["status"] = _STATUS_AFTER[workflows.outcome_of(decision).then].value
+    if row["status"] == CommunicationStatus.accepted.value:
+        row["enqueued_at"] = queueing.enqueued_at(settings, row["due_at"], now)
+    return row, facts
+
+
+_STATUS_AFTER = {
+    Then.automated: CommunicationStatus.accepted,
+    Then.review: CommunicationStatus.in_review,
+    Then.agent: CommunicationStatus.with_agent,
+    Then.suppress: CommunicationStatus.suppressed,
+}
 
 
 def accept(
@@ -99,27 +160,21 @@ def accept(
 ) -> Communication:
     """Check and store one trigger; nothing is stored if anything in it is wrong. `queued`: the caller hands
     it to the queue once committed; otherwise the relay finds it on its next round."""
-    _workflow_check(body, pointer)
     customer = resolve_customer(session, body.customer, actor=actor, pointer=f"{pointer}/customer")
-    now = utcnow()
-    communication = service.create_communication(
+    row, facts = _checked(
         session,
         settings,
-        template_key=body.template,
-        customer=customer,
-        data=body.data,
-        channels=body.channels,
+        body,
+        customer,
         actor=actor,
-        reference=body.reference,
-        send_at=body.send_at,
+        now=utcnow(),
+        pointer=pointer,
         batch_id=batch_id,
-        now=now,
         checker=checker,
     )
-    # Handed to the queue as soon as this commits (or, for later, when it falls due): the relay takes it
-    # again only if it is still unrouted a while after that.
-    communication.enqueued_at = queueing.enqueued_at(settings, communication.due_at) if queued else None
-    return communication
+    if not queued:
+        row["enqueued_at"] = None
+    return service.store_communication(session, row, facts, customer)
 
 
 @dataclass(frozen=True)
@@ -134,26 +189,8 @@ class _Checked:
 def _check(
     session: Session, settings: Settings, body: TriggerIn, *, actor: str, now: dt.datetime
 ) -> _Checked:
-    _workflow_check(body, "")
     customer = resolve_customer(session, body.customer, actor=actor, pointer="/customer")
-    facts = service.Checker(session).check(
-        template_key=body.template,
-        customer=customer,
-        data=body.data,
-        channels=body.channels,
-        reference=body.reference,
-    )
-    row = service.communication_row(
-        facts,
-        customer=customer,
-        data=body.data,
-        channels=body.channels,
-        actor=actor,
-        now=now,
-        reference=body.reference,
-        send_at=body.send_at,
-    )
-    row["enqueued_at"] = queueing.enqueued_at(settings, row["due_at"])  # see accept
+    row, facts = _checked(session, settings, body, customer, actor=actor, now=now)
     return _Checked(row, facts, customer)
 
 
@@ -281,6 +318,7 @@ def communication_out(
         reference=communication.reference,
         due_at=communication.due_at,
         routing=communication.routing,
+        decision=communication.decision,
         parent_id=communication.parent_id,
         batch_id=communication.batch_id,
         created_at=communication.created_at,
@@ -342,6 +380,14 @@ def list_communications(
     return page, following
 
 
+CANCELLABLE = {
+    CommunicationStatus.accepted.value,
+    CommunicationStatus.in_review.value,
+    CommunicationStatus.with_agent.value,
+    CommunicationStatus.routed.value,
+}
+
+
 def cancel(database: Database, communication_id: str, *, actor: str) -> None:
     """Cancel a communication that has not gone out: nothing of it sent, handed over or being sent."""
     with database.transaction() as session:
@@ -351,7 +397,7 @@ def cancel(database: Database, communication_id: str, *, actor: str) -> None:
         communication = service.get_communication(session, communication_id, for_update=True)
         if communication.status == CommunicationStatus.cancelled.value:
             return
-        if communication.status not in (CommunicationStatus.accepted.value, CommunicationStatus.routed.value):
+        if communication.status not in CANCELLABLE:
             raise NotCancellable(
                 f"communication {communication_id} is {communication.status}: too late to cancel"
             )
@@ -370,6 +416,14 @@ def cancel(database: Database, communication_id: str, *, actor: str) -> None:
                 )
         for delivery in deliveries:
             service.move(session, delivery, DeliveryStatus.cancelled, actor=actor)
+        session.execute(  # a review or a call waiting for it is no longer anyone's to do
+            update(Task)
+            .where(
+                Task.communication_id == communication_id,
+                Task.status.in_([TaskStatus.open.value, TaskStatus.claimed.value]),
+            )
+            .values(status=TaskStatus.cancelled.value, updated_at=now)
+        )
         service.set_status(session, communication, CommunicationStatus.cancelled, actor=actor)
 
 

@@ -8,7 +8,8 @@
         portal.html
         body.html              the source of a layout or snippet
         locales/<locale>/      the same part files, translated
-      workflows/               workflow definitions (not templates: skipped here)
+      workflows/
+        <key>.yaml             a workflow: name, description, notes, rules, default (docs/workflows.md)
 
 Each file's one trailing newline is not part of the content. See templates/README.md.
 """
@@ -28,7 +29,8 @@ from ccm.templates_engine.models import Category, TemplateKind
 from ccm.templates_engine.schemas import TemplateCreate, VersionBody
 
 METADATA_FILE = "template.yaml"
-SKIPPED_FOLDERS = {"workflows"}
+WORKFLOWS_FOLDER = "workflows"
+SKIPPED_FOLDERS = {WORKFLOWS_FOLDER}
 PART_FILES: dict[tuple[str, str], str] = {
     ("email", "subject"): "email.subject.txt",
     ("email", "html"): "email.html",
@@ -156,8 +158,42 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
 
 
+_WORKFLOW_KEYS = {"name", "description", "notes", "rules", "default"}
+
+
+def read_workflow(path: Path) -> TemplateFolder:
+    """One workflow file, templates/workflows/<key>.yaml: kept as a template of kind workflow."""
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except yaml.YAMLError as exc:
+        raise FolderError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(document, dict):
+        raise FolderError(f"{path}: expected a mapping with rules and a default")
+    unknown = set(document) - _WORKFLOW_KEYS
+    if unknown:
+        raise FolderError(f"{path}: unknown field(s) {', '.join(sorted(unknown))}")
+    key = path.stem
+    try:
+        template = TemplateCreate(
+            key=key,
+            name=document.get("name", key),
+            description=document.get("description", "") or "",
+            kind=TemplateKind.workflow,
+        )
+        body = VersionBody.model_validate(
+            {
+                "workflow": {"rules": document.get("rules") or [], "default": document.get("default")},
+                "notes": document.get("notes") or "",
+            }
+        )
+    except ValidationError as exc:
+        raise FolderError(f"{path}: {_describe(exc)}") from None
+    return TemplateFolder(path=path, template=template, body=body)
+
+
 def read_tree(root: Path) -> list[TemplateFolder]:
-    """Every template folder under `root`, layouts and snippets first (communications use them)."""
+    """Every template folder under `root`, layouts and snippets first (communications use them), and the
+    workflows in root/workflows/ last."""
     if not root.is_dir():
         raise FolderError(f"{root}: not a folder")
     folders = [
@@ -165,12 +201,27 @@ def read_tree(root: Path) -> list[TemplateFolder]:
         for p in sorted(root.iterdir())
         if p.is_dir() and p.name not in SKIPPED_FOLDERS and not p.name.startswith(".")
     ]
-    order = {TemplateKind.layout: 0, TemplateKind.snippet: 1, TemplateKind.communication: 2}
+    workflows = root / WORKFLOWS_FOLDER
+    if workflows.is_dir():
+        for path in sorted(workflows.iterdir()):
+            if path.name.startswith(".") or path.name == "README.md":
+                continue
+            if path.suffix not in (".yaml", ".yml") or not path.is_file():
+                raise FolderError(f"{path}: not a workflow file (<key>.yaml)")
+            folders.append(read_workflow(path))
+    order = {
+        TemplateKind.layout: 0,
+        TemplateKind.snippet: 1,
+        TemplateKind.communication: 2,
+        TemplateKind.workflow: 3,
+    }
     return sorted(folders, key=lambda f: (order[f.template.kind], f.template.key))
 
 
 def file_for(folder: Path, pointer: str) -> Path:
     """The file a JSON pointer into a version body comes from: /locales/fr/sms/body -> locales/fr/sms.txt."""
+    if folder.is_file():  # a workflow file
+        return folder
     pieces = pointer.strip("/").split("/")
     base = folder
     if pieces[:1] == ["locales"] and len(pieces) >= 2:
@@ -203,6 +254,17 @@ def _write_parts(folder: Path, parts: dict[str, Any]) -> None:
             _write(folder / filename, str(value))
     if parts.get("body") is not None:
         _write(folder / BODY_FILE, str(parts["body"]))
+
+
+def write_workflow(target: Path, *, template: dict[str, Any], content: dict[str, Any]) -> None:
+    """Write a workflow version as templates/workflows/<key>.yaml (what read_workflow reads back)."""
+    document: dict[str, Any] = {"name": template["name"]}
+    if template.get("description"):
+        document["description"] = template["description"]
+    if content.get("notes"):
+        document["notes"] = content["notes"]
+    document.update(content.get("workflow") or {})
+    _write(target, yaml.safe_dump(document, sort_keys=False, allow_unicode=True).rstrip("\n"))
 
 
 def write_folder(target: Path, *, template: dict[str, Any], content: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ class TemplateKind(enum.StrEnum):
     communication = "communication"
     layout = "layout"  # used with {% extends "key" %}
     snippet = "snippet"  # used with {% include "key" %} or {% import "key" as x %}
+    workflow = "workflow"  # rules deciding how a message goes out (ccm.workflows); no content of its own
 
 
 class Category(enum.StrEnum):

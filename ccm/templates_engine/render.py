@@ -228,8 +228,8 @@ class TemplateEngine:
             child = self._version_by_number(key, number)
         except LookupError:
             raise TemplateNotFound(key, message=f"no published layout or snippet named '{key}'") from None
-        if child.kind is TemplateKind.communication:
-            raise TemplateNotFound(key, message=f"'{key}' is a communication, not a layout or snippet")
+        if child.kind not in (TemplateKind.layout, TemplateKind.snippet):
+            raise TemplateNotFound(key, message=f"'{key}' is a {child.kind.value}, not a layout or snippet")
         child_part = "body.html" if parent_part.endswith("html") else "body.txt"
         resolved = f"{child.prefix}/{child_part}/{parent_locale}"
         if parent_version.pins is not None:

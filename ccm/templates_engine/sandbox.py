@@ -33,6 +33,8 @@ from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedFormatter
 from markupsafe import EscapeFormatter, Markup
 
+from ccm.templates_engine.editable import EditableExtension
+
 # A template names another template in its source by key; the engine turns that into a full name
 # "<key>@<number>:<hash>/<part>/<locale>" through TemplateEnvironment.join_path.
 T = TypeVar("T")
@@ -197,6 +199,7 @@ class TemplateEnvironment(ImmutableSandboxedEnvironment):
             loader=_EngineLoader(source_lookup),
             undefined=StrictUndefined,
             autoescape=_is_html_part,
+            extensions=[EditableExtension],
             auto_reload=False,  # every name carries its content hash: a compiled template never goes stale
             cache_size=cache_size,
             keep_trailing_newline=True,

@@ -11,6 +11,7 @@ from ccm.channels import Channel
 from ccm.customers.schemas import CustomerIn, normalize_locale
 from ccm.inputs import InputModel
 from ccm.templates_engine.models import Category, TemplateKind
+from ccm.workflows.schemas import WorkflowDefinition
 
 KEY_PATTERN = r"^[a-z][a-z0-9_\-]{0,63}$"
 TemplateKey = Annotated[str, StringConstraints(pattern=KEY_PATTERN)]
@@ -60,6 +61,9 @@ class VersionBody(InputModel):
     )
     sample_data: dict[str, Any] = Field(default_factory=dict)
     notes: Annotated[str, StringConstraints(max_length=10_000)] = ""
+    workflow: WorkflowDefinition | None = Field(
+        default=None, description="A workflow's rules (kind workflow only; see docs/workflows.md)."
+    )
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

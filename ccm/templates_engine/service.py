@@ -47,6 +47,7 @@ from ccm.templates_engine.schemas import (
     VersionOut,
     VersionSummary,
 )
+from ccm.workflows import rules
 
 log = logging.getLogger(__name__)
 
@@ -313,8 +314,40 @@ def _source_error(sub: analysis.SubPart, part: str, line: int | None, message: s
     return FieldError("body", sub.pointer, f"{where}{message}", "template", line=line, part=part)
 
 
+def _check_workflow(template: Template, body: VersionBody) -> Checked:
+    """A workflow version holds rules and nothing else; every rule's expression must compile."""
+    errors: list[FieldError] = []
+    if template.kind is not TemplateKind.workflow:
+        errors.append(FieldError("body", "/workflow", f"a {template.kind.value} has no workflow rules"))
+        raise InvalidInput(errors)
+    if body.workflow is None:
+        errors.append(FieldError("body", "/workflow", "a workflow needs its rules and a default", "missing"))
+    if body.parts.channels() or body.parts.body is not None or body.locales or body.variables_schema:
+        errors.append(
+            FieldError("body", "/parts", "a workflow has rules only: no parts, translations or schema")
+        )
+    for index, rule in enumerate(body.workflow.rules if body.workflow else []):
+        problem = rules.check(rule.when)
+        if problem is not None:
+            where = f"column {problem.column}: " if problem.column else ""
+            errors.append(
+                FieldError(
+                    "body",
+                    f"/workflow/rules/{index}/when",
+                    f"rule '{rule.name}': {where}{problem.message}",
+                    "expression",
+                    column=problem.column,
+                )
+            )
+    if errors:
+        raise InvalidInput(errors)
+    return Checked(body=body, references=set(), warnings=[])
+
+
 def check_version(session: Session, engine: TemplateEngine, template: Template, body: VersionBody) -> Checked:
     """Everything that must hold for a version to be saved; every problem found is reported at once."""
+    if template.kind is TemplateKind.workflow or body.workflow is not None:
+        return _check_workflow(template, body)
     errors: list[FieldError] = []
     warnings: list[TemplateWarning] = []
     references: set[str] = set()
@@ -362,7 +395,7 @@ def check_version(session: Session, engine: TemplateEngine, template: Template, 
                     )
                     continue
                 target = session.scalars(select(Template).where(Template.key == name)).one_or_none()
-                if target is None or target.kind is TemplateKind.communication:
+                if target is None or target.kind not in (TemplateKind.layout, TemplateKind.snippet):
                     errors.append(
                         FieldError(
                             "body",
@@ -632,7 +665,7 @@ def submit_version(
         raise InvalidInput(
             [FieldError("body", "/parts", "a communication needs at least one channel's part")]
         )
-    if template.kind is not TemplateKind.communication and body.parts.body is None:
+    if template.kind in (TemplateKind.layout, TemplateKind.snippet) and body.parts.body is None:
         raise InvalidInput([FieldError("body", "/parts/body", f"a {template.kind.value} needs a body")])
     pins: dict[str, int] = {}
     unpublished = []

@@ -80,6 +80,23 @@ ROLES: dict[tuple[str, str], tuple[frozenset[Role], int]] = {
     ("GET", "/v1/templates/{key}/versions/{number}/diff"): (REVIEWERS, 200),
     ("GET", "/v1/templates/{key}/usage"): (REVIEWERS, 200),
     ("POST", "/v1/templates/{key}/preview"): (frozenset({*AUTHORS, *APPROVERS}), 200),
+    # The keys below name communication templates, not workflows: 404 for those let through.
+    ("GET", "/v1/workflows"): (ALL, 200),
+    ("POST", "/v1/workflows"): (AUTHORS, 201),
+    ("GET", "/v1/workflows/{key}"): (ALL, 404),
+    ("POST", "/v1/workflows/{key}/versions"): (AUTHORS, 404),
+    ("GET", "/v1/workflows/{key}/versions/{number}"): (ALL, 404),
+    ("POST", "/v1/workflows/{key}/versions/{number}/submit"): (AUTHORS, 404),
+    ("POST", "/v1/workflows/{key}/versions/{number}/approve"): (APPROVERS, 404),
+    ("POST", "/v1/workflows/{key}/versions/{number}/reject"): (APPROVERS, 404),
+    ("POST", "/v1/workflows/{key}/versions/{number}/publish"): (APPROVERS, 404),
+    # No task has the id below (404).
+    ("GET", "/v1/reviews"): (frozenset({Role.admin, Role.agent, Role.auditor}), 200),
+    ("GET", "/v1/reviews/{task_id}"): (frozenset({Role.admin, Role.agent, Role.auditor}), 404),
+    ("POST", "/v1/reviews/{task_id}/claim"): (frozenset({Role.admin, Role.agent}), 404),
+    ("POST", "/v1/reviews/{task_id}/approve"): (frozenset({Role.admin, Role.agent}), 404),
+    ("POST", "/v1/reviews/{task_id}/reject"): (frozenset({Role.admin, Role.agent}), 404),
+    ("POST", "/v1/reviews/{task_id}/reassign"): (frozenset({Role.admin, Role.agent}), 404),
     # The communication id below does not exist (404); a trigger with no body is refused (422).
     ("POST", "/v1/communications"): (frozenset({Role.admin, Role.sender}), 422),
     ("GET", "/v1/communications"): (READERS, 200),
@@ -119,6 +136,11 @@ def body_for(method: str, path: str, role: Role) -> dict[str, Any] | None:
         ("PATCH", "/v1/templates/{key}/versions/{number}"): {"notes": f"edited by {role.value}"},
         ("POST", "/v1/templates/{key}/versions/{number}/reject"): {"reason": "not clear enough"},
         ("POST", "/v1/templates/{key}/preview"): {"version": 4},
+        ("POST", "/v1/workflows"): {"key": f"workflow_by_{role.value}", "name": "Role test"},
+        ("POST", "/v1/workflows/{key}/versions"): {"default": {"then": "automated"}},
+        ("POST", "/v1/workflows/{key}/versions/{number}/reject"): {"reason": "not clear enough"},
+        ("POST", "/v1/reviews/{task_id}/reject"): {"reason": "not clear enough"},
+        ("POST", "/v1/reviews/{task_id}/reassign"): {"release": True},
     }
     return bodies.get((method, path))
 
@@ -130,6 +152,7 @@ def url_for(path: str, role: Role) -> str:
         "key_id": "00000000-0000-0000-0000-000000000000",
         "batch_id": "00000000-0000-0000-0000-000000000000",
         "communication_id": "00000000-0000-0000-0000-000000000000",
+        "task_id": "00000000-0000-0000-0000-000000000000",
         "webhook_id": "00000000-0000-0000-0000-000000000000",
         "sha256": "0" * 64,
         "key": f"roles_{role.value}",
