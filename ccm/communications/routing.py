@@ -71,7 +71,9 @@ def decide(
     now: dt.datetime,
 ) -> Decision:
     asked = [Channel(c) for c in communication.channels]
-    workflow = (communication.decision or {}).get("outcome", {}).get("routing")
+    decided = communication.decision or {}
+    # An agent's outcome may have named a follow-up (no answer -> a letter); else the rule's own routing.
+    workflow = decided.get("follow_up", {}).get("routing") or decided.get("outcome", {}).get("routing")
     unusable: list[dict[str, str]] = []
     if workflow is not None:
         # The workflow's rule decides: all of its channels, or its fallback chain, or the customer's

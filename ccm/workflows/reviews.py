@@ -17,8 +17,9 @@ from ccm import audit
 from ccm.auth.service import Principal, people
 from ccm.channels import Channel
 from ccm.communications import queueing, service
-from ccm.communications.models import Communication
+from ccm.communications.models import Communication, Delivery, new_id
 from ccm.communications.service import CommunicationStatus
+from ccm.communications.status import DeliveryStatus
 from ccm.config import Settings
 from ccm.customers.models import Customer
 from ccm.db import utcnow
@@ -29,8 +30,10 @@ from ccm.templates_engine.models import Template, TemplateVersion
 from ccm.templates_engine.preview import customer_context, message_context
 from ccm.templates_engine.render import LoadedVersion, RenderContext, TemplateEngine
 from ccm.workflows.models import Task, TaskKind, TaskStatus
+from ccm.workflows.schemas import AgentOutcome
 
 ESCALATION_QUEUE = "escalations"
+AGENT_CHANNEL = "agent"  # a delivery made by a person: a call or a visit
 OPEN = (TaskStatus.open.value, TaskStatus.claimed.value)
 
 
@@ -358,3 +361,85 @@ def escalate_overdue(session: Session, *, now: dt.datetime | None = None, limit:
         )
         escalated += 1
     return escalated
+
+
+# What an agent's outcome makes of the delivery on channel "agent".
+OUTCOME_STATUS = {
+    AgentOutcome.reached: DeliveryStatus.delivered,
+    AgentOutcome.refused: DeliveryStatus.delivered,  # reached; the customer's answer is the outcome
+    AgentOutcome.voicemail: DeliveryStatus.sent,  # a message left, not known to be heard
+    AgentOutcome.no_answer: DeliveryStatus.undelivered,
+}
+
+
+def script(fields: dict[str, dict[str, str]]) -> str | None:
+    """What an agent reads to the customer: the message as plain text (the email's text, else the SMS)."""
+    return fields.get("email", {}).get("text") or fields.get("sms", {}).get("body") or None
+
+
+def record_outcome(
+    session: Session,
+    settings: Settings,
+    task_id: str,
+    principal: Principal,
+    *,
+    outcome: AgentOutcome,
+    notes: str,
+) -> Approved:
+    """The agent's outcome, kept as a delivery on channel `agent`; when the rule names a follow-up for
+    it (no answer -> a letter), the message goes on to routing with that follow-up's channels."""
+    task = get_task(session, task_id, for_update=True)
+    if task.kind != TaskKind.agent.value:
+        raise TaskState(f"task {task.id} is a review, not for an agent to handle")
+    _open(task)
+    _not_theirs(session, task, principal)
+    me = _person(session, principal.actor)
+    now = utcnow()
+    communication = service.get_communication(session, task.communication_id, for_update=True)
+    customer = session.get_one(Customer, communication.customer_id)
+    status = OUTCOME_STATUS[outcome]
+    delivery = Delivery(
+        id=new_id(),
+        communication_id=communication.id,
+        customer_id=customer.id,
+        channel=AGENT_CHANNEL,
+        status=status.value,
+        recipient=customer.phone or service.postal_address(customer),
+        details={"outcome": outcome.value, "notes": notes, "agent": me, "task": task.id},
+        attempts=1,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(delivery)
+    session.flush()
+    audit.append(
+        session,
+        actor=principal.actor,
+        action=f"delivery.{status.value}",
+        subject_type="delivery",
+        subject_id=delivery.id,
+        payload={
+            "communication": communication.id,
+            "channel": AGENT_CHANNEL,
+            "outcome": outcome.value,
+            "notes": notes,
+        },
+    )
+    task.status, task.assignee, task.updated_at = TaskStatus.done.value, me, now
+    task.details = {**task.details, "outcome": outcome.value, "notes": notes, "delivery": delivery.id}
+    decision = communication.decision or {}
+    follow_up = (decision.get("outcome", {}).get("follow_up") or {}).get(outcome.value)
+    if follow_up is None:
+        service.settle(session, communication, actor=principal.actor)
+        return Approved(task, False, communication.due_at)
+    communication.decision = {**decision, "follow_up": {"after": outcome.value, "routing": follow_up}}
+    communication.due_at = max(communication.due_at, now)
+    communication.enqueued_at = queueing.enqueued_at(settings, communication.due_at, now)
+    service.set_status(
+        session,
+        communication,
+        CommunicationStatus.accepted,
+        actor=principal.actor,
+        payload={"follow_up": outcome.value, "routing": follow_up},
+    )
+    return Approved(task, True, communication.due_at)

@@ -25,7 +25,7 @@ from ccm.templates_engine.models import Template, TemplateKind
 from ccm.templates_engine.schemas import KEY_PATTERN, Publish, Reason, TemplateCreate, VersionOut
 from ccm.workflows import reviews
 from ccm.workflows.models import Task, TaskKind, TaskStatus
-from ccm.workflows.schemas import Outcome, Rule
+from ccm.workflows.schemas import AgentOutcome, Outcome, Rule
 
 router = APIRouter(tags=["workflows"])
 log = logging.getLogger(__name__)
@@ -211,6 +211,9 @@ class TaskDetail(TaskOut):
     decision: dict[str, Any] | None
     editable_regions: list[str]
     rendered: dict[str, dict[str, str]] = Field(description="Each channel's fields as they would go out now.")
+    script: str | None = Field(
+        description="For an agent: the message as plain text, to read to the customer."
+    )
 
 
 class Approval(InputModel):
@@ -221,6 +224,11 @@ class Approval(InputModel):
         ]
         | None
     ) = Field(default=None, description="New text for editable regions, by name; everything else is locked.")
+
+
+class OutcomeIn(InputModel):
+    outcome: AgentOutcome
+    notes: Annotated[str, StringConstraints(max_length=5000)] = ""
 
 
 class Reassign(InputModel):
@@ -292,11 +300,13 @@ def get_review(
         task = reviews.get_task(session, task_id)
         item = reviews.subject(session, task)
         edits = task.details.get("edits", {})
+        fields = reviews.rendered(session, settings, engine, item, edits)
         return TaskDetail(
             **_task_out(session, task).model_dump(),
             decision=item.communication.decision,
             editable_regions=reviews.regions(engine, item.version),
-            rendered=reviews.rendered(session, settings, engine, item, edits),
+            rendered=fields,
+            script=reviews.script(fields) if task.kind == TaskKind.agent.value else None,
         )
 
 
@@ -324,10 +334,35 @@ def approve_review(
         )
         out = _task_out(session, approved.task)
     if approved.released:
-        try:
-            request.app.state.runtime.queue.route(out.communication, approved.due_at)
-        except Exception:  # the relay queues it if the queue cannot take it now
-            log.exception("could not queue an approved communication; the relay will")
+        _hand_on(request, out.communication, approved.due_at)
+    return out
+
+
+def _hand_on(request: Request, communication_id: str, due_at: dt.datetime) -> None:
+    try:
+        request.app.state.runtime.queue.route(communication_id, due_at)
+    except Exception:  # the relay queues it if the queue cannot take it now
+        log.exception("could not queue a communication released by a person; the relay will")
+
+
+@router.post("/v1/reviews/{task_id}/outcome", tags=["reviews"], response_model=TaskOut)
+def record_outcome(
+    task_id: TaskId,
+    body: OutcomeIn,
+    request: Request,
+    database: DatabaseDep,
+    settings: SettingsDep,
+    principal: Reviewer,
+) -> TaskOut:
+    """An agent's outcome (reached, no_answer, voicemail, refused), kept as a delivery on channel `agent`;
+    the rule's follow-up for it, if any (no answer -> a letter), is sent."""
+    with database.transaction() as session:
+        done = reviews.record_outcome(
+            session, settings, task_id, principal, outcome=body.outcome, notes=body.notes
+        )
+        out = _task_out(session, done.task)
+    if done.released:
+        _hand_on(request, out.communication, done.due_at)
     return out
 
 

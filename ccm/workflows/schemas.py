@@ -76,6 +76,15 @@ class Routing(InputModel):
         return self
 
 
+class AgentOutcome(enum.StrEnum):
+    """What an agent records after handling a customer in person."""
+
+    reached = "reached"
+    no_answer = "no_answer"
+    voicemail = "voicemail"
+    refused = "refused"
+
+
 class Outcome(InputModel):
     then: Then
     routing: Routing = Field(default_factory=Routing)
@@ -85,6 +94,10 @@ class Outcome(InputModel):
     approvals: int | None = Field(default=None, ge=1, le=3)
     reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)] | None = (
         None
+    )
+    follow_up: dict[AgentOutcome, Routing] | None = Field(
+        default=None,
+        description="agent: what is sent after each outcome the agent records, e.g. no_answer: a letter.",
     )
 
     @field_validator("delay", "sla")
@@ -105,6 +118,8 @@ class Outcome(InputModel):
             raise ValueError("queue and sla are for review and agent only")
         if self.then is not Then.review and self.approvals is not None:
             raise ValueError("approvals are for review only")
+        if self.then is not Then.agent and self.follow_up is not None:
+            raise ValueError("follow_up is for agent only")
         return self
 
     def delay_span(self) -> dt.timedelta | None:

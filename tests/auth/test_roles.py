@@ -97,6 +97,7 @@ ROLES: dict[tuple[str, str], tuple[frozenset[Role], int]] = {
     ("POST", "/v1/reviews/{task_id}/approve"): (frozenset({Role.admin, Role.agent}), 404),
     ("POST", "/v1/reviews/{task_id}/reject"): (frozenset({Role.admin, Role.agent}), 404),
     ("POST", "/v1/reviews/{task_id}/reassign"): (frozenset({Role.admin, Role.agent}), 404),
+    ("POST", "/v1/reviews/{task_id}/outcome"): (frozenset({Role.admin, Role.agent}), 404),
     # The communication id below does not exist (404); a trigger with no body is refused (422).
     ("POST", "/v1/communications"): (frozenset({Role.admin, Role.sender}), 422),
     ("GET", "/v1/communications"): (READERS, 200),
@@ -141,6 +142,7 @@ def body_for(method: str, path: str, role: Role) -> dict[str, Any] | None:
         ("POST", "/v1/workflows/{key}/versions/{number}/reject"): {"reason": "not clear enough"},
         ("POST", "/v1/reviews/{task_id}/reject"): {"reason": "not clear enough"},
         ("POST", "/v1/reviews/{task_id}/reassign"): {"release": True},
+        ("POST", "/v1/reviews/{task_id}/outcome"): {"outcome": "reached"},
     }
     return bodies.get((method, path))
 

@@ -122,6 +122,7 @@ def test_the_first_matching_rule_decides_and_the_default_catches_the_rest(
     assert by_large["decision"]["expression"] == "data.amount is defined and data.amount > 10000"
     assert by_large["decision"]["values"] == {"data.amount": 25000.0}
     assert by_large["decision"]["tried"] == [
+        {"rule": "vulnerable-and-declined", "matched": False},
         {"rule": "vulnerable-customer", "matched": False},
         {"rule": "large-claim", "matched": True},
     ]
@@ -455,3 +456,64 @@ def test_a_task_past_its_sla_moves_to_the_escalation_queue_once(
     assert moved["queue"] == "escalations"
     assert moved["escalated_from"] == "claims"
     assert count_events(database, "task.escalated") == 1
+
+
+def test_an_agent_records_the_outcome_and_no_answer_sends_the_follow_up_letter(
+    client: TestClient, role_keys: dict[Role, dict[str, str]], database: Database
+) -> None:
+    sender, agent = role_keys[Role.sender], role_keys[Role.agent]
+    flag(database, "CUST-1002", vulnerable=True)
+    declined = {**CLAIM, "decision": "declined", "amount": 0.0}
+    response = trigger(
+        client, sender, template="claim_decision", customer="CUST-1002", data=declined, workflow="claims"
+    )
+    assert response.status_code == 202, response.text
+    communication_id = response.json()["id"]
+    answer = found(client, sender, communication_id, {"with_agent"})
+    assert answer["status"] == "with_agent"
+    assert answer["decision"]["rule"] == "vulnerable-and-declined"
+    page = client.get("/v1/reviews", params={"kind": "agent", "queue": "claims-calls"}, headers=agent).json()
+    [task] = [t for t in page["items"] if t["communication"] == communication_id]
+    detail = client.get(f"/v1/reviews/{task['id']}", headers=agent).json()
+    assert detail["script"] is not None
+    assert "cannot pay this claim" in detail["script"]  # the message, as text for the call
+    assert client.post(f"/v1/reviews/{task['id']}/approve", headers=agent).status_code == 409  # not a review
+    bad = client.post(f"/v1/reviews/{task['id']}/outcome", json={"outcome": "maybe"}, headers=agent)
+    assert bad.status_code == 422
+    done = client.post(
+        f"/v1/reviews/{task['id']}/outcome",
+        json={"outcome": "no_answer", "notes": "rang twice, 10:05 and 14:30"},
+        headers=agent,
+    )
+    assert done.status_code == 200, done.text
+    assert done.json()["status"] == "done"
+    answer = found(client, sender, communication_id, {"sent", "delivered"})
+    by_channel = {d["channel"]: d for d in answer["deliveries"]}
+    assert by_channel["agent"]["status"] == "undelivered"
+    assert by_channel["agent"]["details"]["outcome"] == "no_answer"
+    assert by_channel["agent"]["details"]["notes"] == "rang twice, 10:05 and 14:30"
+    assert by_channel["print"]["status"] == "queued"  # the follow-up letter, waiting for its print batch
+    assert answer["decision"]["follow_up"] == {
+        "after": "no_answer",
+        "routing": {"mode": "all", "channels": ["print"]},
+    }
+
+
+def test_an_agent_reaching_the_customer_delivers_it_with_nothing_more_sent(
+    client: TestClient, role_keys: dict[Role, dict[str, str]], database: Database
+) -> None:
+    sender, agent = role_keys[Role.sender], role_keys[Role.agent]
+    flag(database, "CUST-1002", vulnerable=True)
+    declined = {**CLAIM, "decision": "declined", "amount": 0.0}
+    response = trigger(
+        client, sender, template="claim_decision", customer="CUST-1002", data=declined, workflow="claims"
+    )
+    communication_id = response.json()["id"]
+    found(client, sender, communication_id, {"with_agent"})
+    page = client.get("/v1/reviews", params={"kind": "agent"}, headers=agent).json()
+    [task] = [t for t in page["items"] if t["communication"] == communication_id]
+    done = client.post(f"/v1/reviews/{task['id']}/outcome", json={"outcome": "reached"}, headers=agent)
+    assert done.status_code == 200
+    answer = found(client, sender, communication_id, {"delivered"})
+    assert answer["status"] == "delivered"
+    assert [d["channel"] for d in answer["deliveries"]] == ["agent"]
