@@ -330,6 +330,9 @@ def store_communication(
             session, communication_id=row["id"], decision=row["decision"], now=row["created_at"]
         )
     audit.append_many(session, events)
+    if row["status"] != CommunicationStatus.accepted.value:
+        # Held for people, or suppressed, by its workflow: the integrator hears of it as of any status change.
+        emit_status(session, row["id"], row["status"], row["reference"])
     return communication
 
 
@@ -388,15 +391,23 @@ def set_status(
         subject_id=communication.id,
         payload={"from": previous, **(payload or {})},
     )
+    emit_status(
+        session,
+        communication.id,
+        status.value,
+        communication.reference,
+        **({"reason": payload["reason"]} if payload and "reason" in payload else {}),
+    )
+
+
+def emit_status(
+    session: Session, communication_id: str, status: str, reference: str | None, **extra: Any
+) -> None:
+    """The outbound webhook event of a communication's status change (written in the same transaction)."""
     events.emit(
         session,
-        f"communication.{status.value}",
-        {
-            "communication": communication.id,
-            "status": status.value,
-            "reference": communication.reference,
-            **({"reason": payload["reason"]} if payload and "reason" in payload else {}),
-        },
+        f"communication.{status}",
+        {"communication": communication_id, "status": status, "reference": reference, **extra},
     )
 
 

@@ -3,9 +3,10 @@
     {% editable "greeting" %}Dear {{ customer.name }},{% endeditable %}
 
 renders its body as usual, unless the message carries an edit for "greeting" (`message.edits`): then the
-reviewer's text stands in its place. Everything outside the regions is locked. In HTML parts the edit is
-sanitized (a few formatting tags, https and mailto links, nothing else); in text parts (subject, SMS, plain
-text) it is text. An edit is never a template: nothing in it is evaluated.
+reviewer's text stands in its place. Everything outside the regions is locked, and only a communication's own
+parts may declare regions (not layouts or snippets, whose text is shared). An edit is text: in HTML parts
+it is escaped (quotes included, so that it cannot leave an attribute it sits in), its line breaks kept as
+<br>; in text parts (subject, SMS, plain text) it is as written. It is never evaluated as a template.
 """
 
 from __future__ import annotations
@@ -13,27 +14,24 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import nh3
 from jinja2 import Environment, nodes
 from jinja2.ext import Extension
 from jinja2.parser import Parser
 from jinja2.runtime import Context
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 REGION_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
 MAX_EDIT = 20_000
-_TAGS = {"p", "br", "strong", "em", "b", "i", "u", "ul", "ol", "li", "a", "span"}
-_ATTRIBUTES = {"a": {"href"}}
 
 
-def sanitize_html(text: str) -> str:
-    return nh3.clean(
-        text,
-        tags=_TAGS,
-        attributes=_ATTRIBUTES,
-        url_schemes={"https", "mailto"},
-        link_rel="noopener noreferrer",
-    )
+def _html_part(name: str | None) -> bool:
+    """The engine names a part's template "<prefix>/<part file>/<locale>": email.html, print.html..."""
+    segments = (name or "").split("/")
+    return len(segments) >= 2 and segments[1].endswith("html")
+
+
+def as_html(text: str) -> Markup:
+    return escape(text).replace("\n", Markup("<br>\n"))
 
 
 class EditableExtension(Extension):
@@ -60,9 +58,8 @@ class EditableExtension(Extension):
         edits = message.get("edits") if isinstance(message, dict) else None
         if isinstance(edits, dict) and isinstance(edits.get(name), str):
             text: str = edits[name]
-            if context.eval_ctx.autoescape:
-                return Markup(sanitize_html(text))  # noqa: S704 - cleaned by nh3 to a short list of tags
-            return text
+            # By the part, not by the autoescape setting, which the template itself can turn off.
+            return as_html(text) if _html_part(context.name) else text
         return caller()
 
 

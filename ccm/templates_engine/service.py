@@ -27,7 +27,7 @@ from ccm.channels import Channel
 from ccm.config import Settings
 from ccm.db import Database, utcnow
 from ccm.errors import Conflict, FieldError, Forbidden, InvalidInput, NotFound
-from ccm.templates_engine import analysis
+from ccm.templates_engine import analysis, editable
 from ccm.templates_engine.models import (
     Template,
     TemplateDependency,
@@ -367,6 +367,19 @@ def check_version(session: Session, engine: TemplateEngine, template: Template, 
             part = f"{label}{sub.name}"
             try:
                 tree = analysis.parse(engine.environment, sub.source)
+                if template.kind is not TemplateKind.communication and editable.regions(
+                    engine.environment, sub.source
+                ):
+                    errors.append(
+                        _source_error(
+                            sub,
+                            part,
+                            None,
+                            "only a communication's own parts may have editable regions: a layout's or "
+                            "snippet's text is shared, so it stays locked",
+                        )
+                    )
+                    continue
                 analysis.check_safety(tree)
                 found = analysis.references(tree)
                 paths = analysis.data_paths(tree)

@@ -43,6 +43,8 @@ class Task(Base):
     # The SLA: when it should be done by (None: no SLA).
     due_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     assignee: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # When it went past its SLA to the escalation queue (once).
+    escalated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # The rule that made it, approvals and edits so far, an agent's script and outcome.
     details: Mapped[dict[str, Any]] = mapped_column(JSONDocument, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

@@ -76,6 +76,17 @@ def list_tasks(
     return list(session.scalars(query.order_by(Task.created_at, Task.id).limit(limit)))
 
 
+def _locked(session: Session, task_id: str) -> tuple[Task, Communication]:
+    """The task and its communication, locked in the order every change takes (cancel too): the
+    communication first, then its task."""
+    communication_id = get_task(session, task_id).communication_id
+    communication = service.get_communication(session, communication_id, for_update=True)
+    task = session.scalars(
+        select(Task).where(Task.id == task_id).with_for_update().execution_options(populate_existing=True)
+    ).one()
+    return task, communication
+
+
 def _open(task: Task) -> None:
     if task.status not in OPEN:
         raise TaskState(f"task {task.id} is {task.status}")
@@ -229,7 +240,7 @@ def approve(
     *,
     edits: dict[str, str] | None,
 ) -> Approved:
-    task = get_task(session, task_id, for_update=True)
+    task, communication = _locked(session, task_id)
     if task.kind != TaskKind.review.value:
         raise TaskState(f"task {task.id} is for an agent to handle, not to review")
     _open(task)
@@ -239,11 +250,12 @@ def approve(
     if me in people(session, [item.communication.created_by]):
         raise Forbidden("whoever triggered a message cannot review it")
     approvals: list[dict[str, Any]] = list(task.details.get("approvals", []))
-    if any(a["person"] == me for a in approvals) and edits is None:
-        raise TaskState("you have approved this message already; another person must give the next approval")
     current: dict[str, str] = dict(task.details.get("edits", {}))
+    changed = edits is not None and edits != current
+    if not changed and any(a["person"] == me for a in approvals):
+        raise TaskState("you have approved this message already; another person must give the next approval")
     details = dict(task.details)
-    if edits is not None and edits != current:
+    if edits is not None and changed:
         allowed = set(regions(engine, item.version))
         locked = [name for name in edits if name not in allowed]
         if locked:
@@ -284,7 +296,6 @@ def approve(
             "diffs": details.get("diffs", {}),
         },
     )
-    communication = service.get_communication(session, task.communication_id, for_update=True)
     if released:
         task.status = TaskStatus.approved.value
         communication.options = {**communication.options, "edits": current}
@@ -303,7 +314,7 @@ def approve(
 
 
 def reject(session: Session, task_id: str, principal: Principal, *, reason: str) -> Task:
-    task = get_task(session, task_id, for_update=True)
+    task, communication = _locked(session, task_id)
     _open(task)
     _not_theirs(session, task, principal)
     item = subject(session, task)
@@ -312,7 +323,6 @@ def reject(session: Session, task_id: str, principal: Principal, *, reason: str)
         raise Forbidden("whoever triggered a message cannot review it")
     task.status, task.updated_at = TaskStatus.rejected.value, utcnow()
     task.details = {**task.details, "rejected_by": me, "reason": reason}
-    communication = service.get_communication(session, task.communication_id, for_update=True)
     service.set_status(
         session,
         communication,
@@ -329,7 +339,12 @@ def escalate_overdue(session: Session, *, now: dt.datetime | None = None, limit:
     overdue = list(
         session.scalars(
             select(Task)
-            .where(Task.status.in_(OPEN), Task.due_at.is_not(None), Task.due_at <= moment)
+            .where(
+                Task.status.in_(OPEN),
+                Task.escalated_at.is_(None),
+                Task.due_at.is_not(None),
+                Task.due_at <= moment,
+            )
             .order_by(Task.due_at)
             .limit(limit)
             .with_for_update()
@@ -337,8 +352,7 @@ def escalate_overdue(session: Session, *, now: dt.datetime | None = None, limit:
     )
     escalated = 0
     for task in overdue:
-        if task.details.get("escalated_at"):
-            continue
+        task.escalated_at = moment
         task.details = {**task.details, "escalated_at": moment.isoformat(), "escalated_from": task.queue}
         before = task.queue
         task.queue, task.status, task.assignee, task.updated_at = (
@@ -388,14 +402,13 @@ def record_outcome(
 ) -> Approved:
     """The agent's outcome, kept as a delivery on channel `agent`; when the rule names a follow-up for
     it (no answer -> a letter), the message goes on to routing with that follow-up's channels."""
-    task = get_task(session, task_id, for_update=True)
+    task, communication = _locked(session, task_id)
     if task.kind != TaskKind.agent.value:
         raise TaskState(f"task {task.id} is a review, not for an agent to handle")
     _open(task)
     _not_theirs(session, task, principal)
     me = _person(session, principal.actor)
     now = utcnow()
-    communication = service.get_communication(session, task.communication_id, for_update=True)
     customer = session.get_one(Customer, communication.customer_id)
     status = OUTCOME_STATUS[outcome]
     delivery = Delivery(

@@ -8,6 +8,7 @@ catch something never passes it by silently.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -38,6 +39,15 @@ def _no_include(name: str, parent: str) -> str:
     raise _NoTemplates(f"a rule cannot include '{name}'")
 
 
+class _Missing(ChainableUndefined):
+    """A missing value: false, and its attributes missing too; but comparing it (==, !=, <, in...) is an
+    error, so that `data.status != "closed"` cannot quietly be true for a message without a status."""
+
+    __slots__ = ()
+    __eq__ = __ne__ = ChainableUndefined._fail_with_undefined_error
+    __hash__ = ChainableUndefined.__hash__
+
+
 def _environment() -> TemplateEnvironment:
     environment = TemplateEnvironment(
         source_lookup=_no_source,
@@ -46,7 +56,7 @@ def _environment() -> TemplateEnvironment:
         time_limit=TIME_LIMIT,
     )
     environment.add_filters(FILTERS)
-    environment.undefined = ChainableUndefined  # a missing value is false; comparing it still fails
+    environment.undefined = _Missing
     return environment
 
 
@@ -146,8 +156,9 @@ def check(source: str) -> ExpressionProblem | None:
 
 
 def _position(source: str, word: str) -> int | None:
-    index = source.find(word)
-    return index + 1 if index >= 0 else None
+    """Where a name is used as a name, not as an attribute (`data.secret or secret`: the second)."""
+    found = re.search(rf"(?<![\w.]){re.escape(word)}\b", source)
+    return found.start() + 1 if found else None
 
 
 def paths(source: str) -> list[str]:
@@ -201,8 +212,13 @@ class RuleError(Exception):
     a runaway expression): the message is refused rather than passed by the rule."""
 
 
+@functools.lru_cache(maxsize=1024)
+def _compiled(source: str) -> Any:
+    return _ENVIRONMENT.compile_expression(source, undefined_to_none=False)
+
+
 def evaluate(source: str, context: Mapping[str, Any]) -> bool:
-    compiled = _ENVIRONMENT.compile_expression(source, undefined_to_none=False)
+    compiled = _compiled(source)
 
     def run() -> Any:
         return compiled(**context)
@@ -210,5 +226,7 @@ def evaluate(source: str, context: Mapping[str, Any]) -> bool:
     try:
         result = run_with_time_limit(run, TIME_LIMIT, "the rule")
         return bool(result)
-    except (TemplateError, RenderLimitError, TypeError, ValueError, ArithmeticError) as exc:
+    except (TemplateError, RenderLimitError) as exc:
         raise RuleError(str(exc) or type(exc).__name__) from None
+    except Exception as exc:  # noqa: BLE001 - any fault of the expression (a TypeError, a KeyError...)
+        raise RuleError(f"{type(exc).__name__}: {exc}") from None

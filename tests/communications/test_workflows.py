@@ -314,6 +314,12 @@ def task_of(client: TestClient, agent: dict[str, str], communication_id: str) ->
     return dict(task)
 
 
+def task_of_any(client: TestClient, agent: dict[str, str], communication_id: str) -> dict[str, Any]:
+    page = client.get("/v1/reviews", params={"limit": 500}, headers=agent).json()
+    [task] = [t for t in page["items"] if t["communication"] == communication_id]
+    return dict(task)
+
+
 def test_approved_unchanged_the_message_goes_out(
     client: TestClient, role_keys: dict[Role, dict[str, str]], sink: SmtpSink
 ) -> None:
@@ -350,7 +356,7 @@ def test_an_edited_region_is_sent_sanitized_and_kept_as_a_diff_while_locked_text
     assert locked.status_code == 422
     assert locked.json()["errors"][0]["path"] == "/edits/subject"
 
-    note = '<p>I reviewed your claim myself. <script>alert(1)</script><a href="javascript:x()">x</a></p>'
+    note = 'I reviewed your claim myself.\n<script>alert(1)</script><a href="javascript:x()">x</a>'
     approved = client.post(
         f"/v1/reviews/{task['id']}/approve", json={"edits": {"opening": note}}, headers=agent
     )
@@ -365,9 +371,10 @@ def test_an_edited_region_is_sent_sanitized_and_kept_as_a_diff_while_locked_text
     body = received.get_body(("html",))
     assert body is not None
     html = body.get_content()
-    assert "I reviewed your claim myself." in html
-    assert "<script" not in html
-    assert "javascript:" not in html
+    assert "I reviewed your claim myself.<br>" in html  # text, its line breaks kept
+    assert "<script" not in html  # escaped: shown as text, never markup
+    assert "&lt;script&gt;" in html
+    assert '<a href="javascript' not in html
     assert "We have made a decision on your claim" not in html  # the region was replaced...
     assert "Dear " in html  # ...and the locked text around it was not
 
@@ -400,6 +407,8 @@ def test_two_approvals_by_two_people_when_the_rule_asks(
     assert len(one.json()["approvals"]) == 1
     again = client.post(f"/v1/reviews/{task['id']}/approve", headers=first)
     assert again.status_code == 409  # the same person twice is still one approval
+    same_edits = client.post(f"/v1/reviews/{task['id']}/approve", json={"edits": {}}, headers=first)
+    assert same_edits.status_code == 409  # "editing" nothing does not make it a new approval
     assert found(client, sender, communication_id, {"in_review"})["status"] == "in_review"
     two = client.post(f"/v1/reviews/{task['id']}/approve", headers=second)
     assert two.status_code == 200
@@ -452,10 +461,15 @@ def test_a_task_past_its_sla_moves_to_the_escalation_queue_once(
         assert reviews.escalate_overdue(session, now=due + dt.timedelta(minutes=1)) == 1
     with database.transaction() as session:
         assert reviews.escalate_overdue(session, now=due + dt.timedelta(hours=5)) == 0  # once
+    later = held(client, sender, "CUST-1001", 90000.0)
+    with database.transaction() as session:
+        # Escalated tasks stay open and overdue; they must not crowd out the next one (one task a round).
+        assert reviews.escalate_overdue(session, now=due + dt.timedelta(days=3), limit=1) == 1
+    assert task_of_any(client, agent, later)["queue"] == "escalations"
     moved = client.get(f"/v1/reviews/{task['id']}", headers=agent).json()
     assert moved["queue"] == "escalations"
     assert moved["escalated_from"] == "claims"
-    assert count_events(database, "task.escalated") == 1
+    assert count_events(database, "task.escalated") == 2  # each task once
 
 
 def test_an_agent_records_the_outcome_and_no_answer_sends_the_follow_up_letter(
@@ -517,3 +531,28 @@ def test_an_agent_reaching_the_customer_delivers_it_with_nothing_more_sent(
     answer = found(client, sender, communication_id, {"delivered"})
     assert answer["status"] == "delivered"
     assert [d["channel"] for d in answer["deliveries"]] == ["agent"]
+
+
+def test_a_layout_cannot_have_editable_regions(
+    client: TestClient, role_keys: dict[Role, dict[str, str]]
+) -> None:
+    author = role_keys[Role.author]
+    made = client.post(
+        "/v1/templates", json={"key": "shared_footer", "name": "F", "kind": "snippet"}, headers=author
+    )
+    assert made.status_code == 201
+    body = {"parts": {"body": '{% editable "legal" %}Regulated by the FCA.{% endeditable %}'}}
+    response = client.post("/v1/templates/shared_footer/versions", json=body, headers=author)
+    assert response.status_code == 422
+    assert "only a communication's own parts may have editable regions" in response.text
+
+
+def test_an_edit_cannot_leave_the_attribute_it_sits_in() -> None:
+    from ccm.workflows.rules import _ENVIRONMENT
+
+    source = '<a href="https://bank.example/{% editable "path" %}help{% endeditable %}">help</a>'
+    template = _ENVIRONMENT.from_string(source)
+    template.name = "x/email.html/en"  # what the engine names an HTML part
+    out = template.render(message={"edits": {"path": 'x" onmouseover="alert(1)'}})
+    assert 'onmouseover="' not in out
+    assert "&#34;" in out or "&quot;" in out

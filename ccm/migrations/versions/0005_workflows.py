@@ -36,6 +36,7 @@ def upgrade() -> None:
         sa.Column("approvals_required", sa.Integer(), nullable=False),
         sa.Column("due_at", Timestamp, nullable=True),
         sa.Column("assignee", sa.String(length=200), nullable=True),
+        sa.Column("escalated_at", Timestamp, nullable=True),
         sa.Column("details", Json, nullable=False),
         sa.Column("created_at", Timestamp, nullable=False),
         sa.Column("updated_at", Timestamp, nullable=False),
