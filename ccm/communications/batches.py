@@ -233,10 +233,13 @@ def _store(
         checker = service.Checker(session)
         now = utcnow()
         wanted = {r.customer for _, r in rows if isinstance(r, TriggerIn) and isinstance(r.customer, str)}
+        # Plain rows, not ORM objects: a chunk reads hundreds of customers, and checking a row needs only
+        # their columns (addresses, locale, ids), read the same way.
+        table = cast(Table, Customer.__table__)
         known = {
-            c.external_id: c
-            for c in (
-                session.scalars(select(Customer).where(Customer.external_id.in_(wanted))) if wanted else []
+            row.external_id: cast(Customer, row)
+            for row in (
+                session.execute(select(table).where(table.c.external_id.in_(wanted))) if wanted else []
             )
         }
         if bulk:
