@@ -81,6 +81,13 @@ class Settings(BaseSettings):
     worker_threads: int = Field(
         default=8, ge=1, le=64, description="Worker threads in `ccm serve` (embedded)."
     )
+    worker_busy_threads: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Of the worker threads, how many may be working (rendering, recording) at once; the "
+        "others may only wait on a provider. More only take turns at Python's GIL, and the API with them.",
+    )
     retry_max_attempts: int = Field(
         default=8,
         ge=1,

@@ -37,6 +37,7 @@ from ccm.channels.portal import PortalAdapter, put_in_inbox
 from ccm.channels.print import AddressPlacementError, LetterTooLarge, PrintAdapter, letter
 from ccm.channels.sms import SmsAdapter, make_sms_sender
 from ccm.communications import queueing, service
+from ccm.communications.gate import waiting_on_provider
 from ccm.communications.models import Communication, Delivery
 from ccm.communications.status import TWILIO_STATUSES, DeliveryStatus
 from ccm.config import Settings
@@ -136,7 +137,8 @@ class Deliverer:
                 return claim
             claimed = True  # from here on, ours to release or settle whatever happens
             prepared = claim if isinstance(claim, Prepared) else self._stored(claim)
-            sent = adapter.send(envelope, prepared)
+            with waiting_on_provider():
+                sent = adapter.send(envelope, prepared)
         except TransientDeliveryError as exc:
             self._attempt_failed(delivery_id, exc, claimed=claimed)
             raise

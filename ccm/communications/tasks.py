@@ -17,6 +17,7 @@ import dramatiq
 
 from ccm.communications import queueing, webhooks
 from ccm.communications.delivery import make_deliverer
+from ccm.communications.gate import Gate
 from ccm.communications.pipeline import Pipeline
 from ccm.config import Settings
 from ccm.db import Database, background_writes, utcnow
@@ -53,6 +54,7 @@ class DramatiqQueue:
 
     def __init__(self, broker: dramatiq.Broker, runtime: Runtime, settings: Settings) -> None:
         self._settings = settings
+        gate = Gate(settings.worker_busy_threads)
 
         def actor(
             name: str, queue: str, priority: int, function: Callable[[str], None]
@@ -67,7 +69,7 @@ class DramatiqQueue:
             )
 
             def run(identifier: str) -> None:
-                with background_writes():
+                with gate.working(), background_writes():
                     function(identifier)
 
             return decorate(run)

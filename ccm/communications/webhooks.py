@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from ccm import audit
 from ccm.communications import queueing
+from ccm.communications.gate import waiting_on_provider
 from ccm.communications.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
 from ccm.config import Settings, redact_url
 from ccm.db import Database, utcnow
@@ -100,7 +101,10 @@ def send(database: Database, settings: Settings, message_id: str) -> dt.datetime
     status_code: int | None = None
     error: str | None = None
     try:
-        with urllib.request.urlopen(request, timeout=settings.webhook_timeout) as response:  # noqa: S310
+        with (
+            waiting_on_provider(),
+            urllib.request.urlopen(request, timeout=settings.webhook_timeout) as response,  # noqa: S310
+        ):
             status_code = response.status
     except urllib.error.HTTPError as exc:
         status_code, error = exc.code, f"HTTP {exc.code}"
