@@ -224,6 +224,22 @@ def _diffs(before: dict[str, dict[str, str]], after: dict[str, dict[str, str]]) 
     return diffs
 
 
+def _release(
+    session: Session,
+    settings: Settings,
+    communication: Communication,
+    principal: Principal,
+    now: dt.datetime,
+    payload: dict[str, Any],
+) -> None:
+    """A message a person held goes on: accepted again, due now at the earliest, routed next."""
+    communication.due_at = max(communication.due_at, now)
+    communication.enqueued_at = queueing.enqueued_at(settings, communication.due_at, now)
+    service.set_status(
+        session, communication, CommunicationStatus.accepted, actor=principal.actor, payload=payload
+    )
+
+
 @dataclass(frozen=True)
 class Approved:
     task: Task
@@ -299,14 +315,13 @@ def approve(
     if released:
         task.status = TaskStatus.approved.value
         communication.options = {**communication.options, "edits": current}
-        communication.due_at = max(communication.due_at, now)
-        communication.enqueued_at = queueing.enqueued_at(settings, communication.due_at, now)
-        service.set_status(
+        _release(
             session,
+            settings,
             communication,
-            CommunicationStatus.accepted,
-            actor=principal.actor,
-            payload={"review": task.id, "approvals": [a["person"] for a in approvals]},
+            principal,
+            now,
+            {"review": task.id, "approvals": [a["person"] for a in approvals]},
         )
     else:
         task.status, task.assignee = TaskStatus.open.value, None  # for the next person
@@ -446,13 +461,7 @@ def record_outcome(
         service.settle(session, communication, actor=principal.actor)
         return Approved(task, False, communication.due_at)
     communication.decision = {**decision, "follow_up": {"after": outcome.value, "routing": follow_up}}
-    communication.due_at = max(communication.due_at, now)
-    communication.enqueued_at = queueing.enqueued_at(settings, communication.due_at, now)
-    service.set_status(
-        session,
-        communication,
-        CommunicationStatus.accepted,
-        actor=principal.actor,
-        payload={"follow_up": outcome.value, "routing": follow_up},
+    _release(
+        session, settings, communication, principal, now, {"follow_up": outcome.value, "routing": follow_up}
     )
     return Approved(task, True, communication.due_at)

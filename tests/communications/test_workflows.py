@@ -8,7 +8,6 @@ import datetime as dt
 import email
 import email.policy
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,8 @@ from ccm.workflows import reviews
 from ccm.workflows.models import Task
 from tests.channels.smtp_sink import SmtpSink
 from tests.communications.conftest import sample
+from tests.communications.test_pipeline import trigger
+from tests.communications.test_pipeline import wait_for as found
 from tests.conftest import STARTER_TEMPLATES, count_events
 
 CLAIM = {
@@ -38,20 +39,6 @@ CLAIM = {
     "currency": "GBP",
     "reason": "Covered in full.",
 }
-
-
-def trigger(client: TestClient, headers: dict[str, str], **body: Any) -> Any:
-    response = client.post("/v1/communications", json=body, headers=headers)
-    return response
-
-
-def found(client: TestClient, headers: dict[str, str], communication_id: str, statuses: set[str]) -> Any:
-    deadline = time.monotonic() + 20
-    while True:
-        answer = client.get(f"/v1/communications/{communication_id}", headers=headers).json()
-        if answer["status"] in statuses or time.monotonic() > deadline:
-            return answer
-        time.sleep(0.05)
 
 
 def flag(database: Database, external_id: str, **attributes: Any) -> None:
