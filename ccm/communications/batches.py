@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ccm import audit
-from ccm.communications import queueing, service, trigger
+from ccm.communications import service, trigger
 from ccm.communications.models import Batch, BatchError, Communication, new_id
 from ccm.communications.schemas import TriggerIn
 from ccm.config import Settings
@@ -259,27 +259,18 @@ def _store(
                     if customer is None:
                         what = f"there is no customer '{row.customer}'"
                         raise InvalidInput([FieldError("body", "/customer", what, "not_found")])
-                    facts = checker.check(
-                        template_key=row.template,
-                        customer=customer,
-                        data=row.data,
-                        channels=row.channels,
-                        reference=row.reference,
-                    )
-                    values = service.communication_row(
-                        facts,
-                        customer=customer,
-                        data=row.data,
-                        channels=row.channels,
+                    values, facts = trigger.checked_row(
+                        session,
+                        settings,
+                        row,
+                        customer,
                         actor=actor,
                         now=now,
-                        reference=row.reference,
-                        send_at=row.send_at,
                         batch_id=batch_id,
+                        checker=checker,
                     )
-                    values["enqueued_at"] = (
-                        queueing.enqueued_at(settings, values["due_at"]) if queued else None
-                    )
+                    if not queued:
+                        values["enqueued_at"] = None
                     inserts.append(values)
                     events.append(service.accepted_event(values, facts, customer))
                     progress.handed.append((values["id"], values["due_at"]))

@@ -79,7 +79,7 @@ def resolve_customer(session: Session, given: str | InlineCustomer, *, actor: st
     return customer
 
 
-def _checked(
+def checked_row(
     session: Session,
     settings: Settings,
     body: TriggerIn,
@@ -161,7 +161,7 @@ def accept(
     """Check and store one trigger; nothing is stored if anything in it is wrong. `queued`: the caller hands
     it to the queue once committed; otherwise the relay finds it on its next round."""
     customer = resolve_customer(session, body.customer, actor=actor, pointer=f"{pointer}/customer")
-    row, facts = _checked(
+    row, facts = checked_row(
         session,
         settings,
         body,
@@ -190,7 +190,7 @@ def _check(
     session: Session, settings: Settings, body: TriggerIn, *, actor: str, now: dt.datetime
 ) -> _Checked:
     customer = resolve_customer(session, body.customer, actor=actor, pointer="/customer")
-    row, facts = _checked(session, settings, body, customer, actor=actor, now=now)
+    row, facts = checked_row(session, settings, body, customer, actor=actor, now=now)
     return _Checked(row, facts, customer)
 
 

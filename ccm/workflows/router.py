@@ -21,6 +21,7 @@ from ccm.inputs import InputModel
 from ccm.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_position, encode_position
 from ccm.templates_engine import router as templates_router
 from ccm.templates_engine import service as templates
+from ccm.templates_engine.editable import MAX_EDIT
 from ccm.templates_engine.models import Template, TemplateKind
 from ccm.templates_engine.schemas import KEY_PATTERN, Publish, Reason, TemplateCreate, VersionOut
 from ccm.workflows import reviews
@@ -138,7 +139,7 @@ def get_workflow_version(key: Key, number: Number, database: DatabaseDep, princi
         )
 
 
-def _checked(database: DatabaseDep, key: str) -> None:
+def _must_be_workflow(database: DatabaseDep, key: str) -> None:
     with database.read() as session:
         _workflow(session, key)
 
@@ -147,7 +148,7 @@ def _checked(database: DatabaseDep, key: str) -> None:
 def submit_workflow_version(
     key: Key, number: Number, database: DatabaseDep, engine: EngineDep, principal: Author
 ) -> VersionOut:
-    _checked(database, key)
+    _must_be_workflow(database, key)
     return templates_router.submit_version(key, number, database, engine, principal)
 
 
@@ -156,7 +157,7 @@ def approve_workflow_version(
     key: Key, number: Number, database: DatabaseDep, principal: Approver
 ) -> VersionOut:
     """Approve rules in review. Whoever wrote or edited them cannot (403)."""
-    _checked(database, key)
+    _must_be_workflow(database, key)
     return templates_router.approve_version(key, number, database, principal)
 
 
@@ -164,7 +165,7 @@ def approve_workflow_version(
 def reject_workflow_version(
     key: Key, number: Number, body: Reason, database: DatabaseDep, principal: Approver
 ) -> VersionOut:
-    _checked(database, key)
+    _must_be_workflow(database, key)
     return templates_router.reject_version(key, number, body, database, principal)
 
 
@@ -177,7 +178,7 @@ def publish_workflow_version(
     principal: Approver,
     body: Publish | None = None,
 ) -> VersionOut:
-    _checked(database, key)
+    _must_be_workflow(database, key)
     return templates_router.publish_version(key, number, database, engine, principal, body)
 
 
@@ -220,7 +221,7 @@ class Approval(InputModel):
     edits: (
         dict[
             Annotated[str, StringConstraints(max_length=64)],
-            Annotated[str, StringConstraints(max_length=20_000)],
+            Annotated[str, StringConstraints(max_length=MAX_EDIT)],
         ]
         | None
     ) = Field(default=None, description="New text for editable regions, by name; everything else is locked.")
