@@ -13,7 +13,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import jsonschema
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -100,7 +99,7 @@ class TemplateFacts:
     template: Template
     version: TemplateVersion
     parts: frozenset[str]
-    validator: jsonschema.protocols.Validator | None
+    validator: templates.DataValidator | None
 
 
 class Checker:
@@ -167,7 +166,7 @@ class Checker:
     ) -> TemplateFacts:
         facts = self.template(template_key, pointer=pointer)
         if facts.validator is not None:
-            errors = templates.data_errors_of(facts.validator, data, pointer=f"{pointer}/data")
+            errors = facts.validator.errors(data, pointer=f"{pointer}/data")
             if errors:
                 raise InvalidInput(errors)
         errors = []

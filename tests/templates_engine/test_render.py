@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ccm.channels import Channel
+from ccm.templates_engine import service
 from ccm.templates_engine.models import TemplateKind
 from ccm.templates_engine.render import LoadedVersion, RenderContext, TemplateEngine
 from tests.templates_engine.conftest import Studio
@@ -163,9 +164,47 @@ def test_a_schema_cannot_reach_files_or_the_network(studio: Studio, tmp_path: An
         assert response.json()["errors"][0]["path"] == "/schema/$ref"
         assert "s3cr3t" not in response.text
     dangling = {"parts": {"sms": {"body": "hi"}}, "schema": {"$ref": "#/$defs/nope"}, "sample_data": {}}
-    assert (
-        studio.client.post(
-            "/v1/templates/reminder/versions", json=dangling, headers=studio.author
-        ).status_code
-        == 422
-    )
+    refused = studio.client.post("/v1/templates/reminder/versions", json=dangling, headers=studio.author)
+    assert refused.status_code == 422
+    [error] = refused.json()["errors"]
+    assert error["path"] == "/schema"
+    assert error["message"].startswith("the schema cannot be used")
+    assert "nope" in error["message"]
+
+
+def test_data_errors_name_every_field_in_order_and_check_formats() -> None:
+    schema = {
+        "type": "object",
+        "required": ["amount"],
+        "properties": {
+            "amount": {"type": "number", "exclusiveMinimum": 0},
+            "due_date": {"type": "string", "format": "date"},
+            "payment_url": {"type": "string", "format": "uri"},
+            "lines": {"type": "array", "items": {"type": "object", "properties": {"n": {"type": "integer"}}}},
+        },
+    }
+    validator = service.data_validator(schema)
+    assert validator is not None
+    good = {"amount": 1.5, "due_date": "2026-12-15", "payment_url": "https://bank.example/pay"}
+    assert validator.errors(good, pointer="/data") == []
+    bad = {"amount": -1, "due_date": "2026-13-01", "payment_url": "bank/pay", "lines": [{"n": 1}, {"n": "x"}]}
+    errors = validator.errors(bad, pointer="/rows/3/data")
+    assert [e.path for e in errors] == [
+        "/rows/3/data/amount",
+        "/rows/3/data/due_date",
+        "/rows/3/data/lines/1/n",
+        "/rows/3/data/payment_url",
+    ]
+    assert "date" in errors[1].message
+    assert "uri" in errors[3].message
+    assert service.data_validator(None) is None
+
+
+def test_a_schema_stored_before_the_compile_check_is_still_checked() -> None:
+    """A version published before schemas were compiled at publication (a dangling reference): its data
+    is checked by the pure-Python validator, which says what is wrong instead of failing."""
+    validator = service.DataValidator({"type": "object", "properties": {"a": {"$ref": "#/$defs/nope"}}})
+    assert validator.errors({}, pointer="/data") == []
+    [error] = validator.errors({"a": 1}, pointer="/data")
+    assert error.path == "/schema"
+    assert "does not define" in error.message
