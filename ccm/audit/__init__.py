@@ -1,5 +1,5 @@
 """The append-only, hash-chained log of everything ccm does."""
 
-from ccm.audit.service import NewEvent, VerifyResult, append, append_many, verify
+from ccm.audit.service import NewEvent, VerifyResult, append, append_many, batched, verify
 
-__all__ = ["NewEvent", "VerifyResult", "append", "append_many", "verify"]
+__all__ = ["NewEvent", "VerifyResult", "append", "append_many", "batched", "verify"]

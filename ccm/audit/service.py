@@ -15,7 +15,8 @@ import enum
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -89,8 +90,34 @@ def append(
     """Record an event chained to the previous one, inside the caller's transaction.
 
     The chain head stays locked until the caller commits, so call this as the last write of a transaction.
+    Inside `batched(session)` the event waits to be chained with the others appended there.
     """
-    append_many(session, [NewEvent(actor, action, subject_type, subject_id, payload or {})])
+    event = NewEvent(actor, action, subject_type, subject_id, payload or {})
+    waiting: list[NewEvent] | None = session.info.get(_BATCH)
+    if waiting is not None:
+        waiting.append(event)
+    else:
+        append_many(session, [event])
+
+
+_BATCH = "ccm.audit.batch"
+
+
+@contextmanager
+def batched(session: Session) -> Iterator[None]:
+    """Events appended inside are chained and inserted together on leaving (one head lock, one insert,
+    in the order they were appended), and not at all if it is left by an exception. For a transaction that
+    records the steps of many messages: it must not read its own events back, nor append any inside a
+    savepoint it may roll back."""
+    if _BATCH in session.info:
+        raise RuntimeError("audit.batched() is already open on this session")
+    waiting: list[NewEvent] = []
+    session.info[_BATCH] = waiting
+    try:
+        yield
+    finally:
+        del session.info[_BATCH]
+    append_many(session, waiting)
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,11 @@ error raised again for the caller to retry) or PermanentDeliveryError (the deliv
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import random
-from collections.abc import Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
@@ -39,6 +41,7 @@ from ccm.channels.sms import SmsAdapter, make_sms_sender
 from ccm.communications import queueing, service
 from ccm.communications.gate import waiting_on_provider
 from ccm.communications.models import Communication, Delivery
+from ccm.communications.routing import next_sms_time
 from ccm.communications.status import TWILIO_STATUSES, DeliveryStatus
 from ccm.config import Settings
 from ccm.customers.models import Customer
@@ -52,6 +55,7 @@ from ccm.templates_engine.render import LoadedVersion, RenderContext, TemplateEn
 from ccm.templates_engine.sandbox import RenderLimitError
 
 SYSTEM = "system:delivery"
+log = logging.getLogger(__name__)
 
 
 def make_adapters(settings: Settings, database: Database) -> dict[Channel, ChannelAdapter]:
@@ -96,6 +100,26 @@ class _Fresh:
     size: int
 
 
+@dataclass
+class Chunk:
+    """What deliver_many() did with each delivery it was given."""
+
+    statuses: dict[str, DeliveryStatus] = field(default_factory=dict)  # sent, failed, or left as they were
+    retry: list[str] = field(default_factory=list)  # a transient failure, its attempt recorded
+    one_by_one: list[str] = field(default_factory=list)  # for deliver() to take on its own
+    again: list[str] = field(default_factory=list)  # not sent in the time there was: to queue again
+
+
+# Sends recorded a transaction at a time by deliver_many(): at most this many of a worker thread's sends
+# are sent again if the worker is killed (each one alone, by deliver()).
+RECORD_EVERY = 10
+
+
+def _plain(delivery: Delivery) -> bool:
+    """A delivery deliver_many() takes: new (nothing prepared yet), by email or SMS."""
+    return delivery.artifact_sha256 is None and delivery.channel in (Channel.email.value, Channel.sms.value)
+
+
 class Deliverer:
     def __init__(
         self,
@@ -125,7 +149,7 @@ class Deliverer:
             status = _unavailable(delivery, utcnow())
             if status is not None:
                 return status
-            job = self._job(session, delivery)
+            [job] = self._jobs(session, [delivery])
         claimed = False
         try:
             channel = Channel(job.delivery.channel)
@@ -151,6 +175,113 @@ class Deliverer:
             self._attempt_failed(delivery_id, error, claimed=claimed)
             raise
         return self._sent(delivery_id, sent, prepared)
+
+    def deliver_many(self, delivery_ids: Sequence[str]) -> Chunk:
+        """Deliver a run of new email and SMS deliveries (a batch's) with a transaction a step for all of
+        them, instead of one a step for each: read together, each rendered, prepared and stored, claimed
+        together with their artifacts logged, each sent, recorded together. The same steps as deliver(),
+        in the same order, with the same guarantees.
+
+        What is not that plain case (already prepared before, another channel, an SMS outside its send
+        window, anything that fails before it is sent) is answered as `one_by_one`, for deliver() to take
+        on its own, where every way it can go has its handling."""
+        chunk = Chunk()
+        now = utcnow()
+        with self.database.read() as session:
+            found = {
+                d.id: d for d in session.scalars(select(Delivery).where(Delivery.id.in_(set(delivery_ids))))
+            }
+            plain = []
+            for delivery_id in dict.fromkeys(delivery_ids):
+                delivery = found.get(delivery_id)
+                status = _unavailable(delivery, now) if delivery is not None else None
+                if status is not None:
+                    chunk.statuses[delivery_id] = status
+                elif delivery is None or not _plain(delivery):
+                    chunk.one_by_one.append(delivery_id)
+                else:
+                    plain.append(delivery)
+            jobs = self._jobs(session, plain)
+
+        ready: list[tuple[_Job, ChannelAdapter, Envelope, _Fresh]] = []
+        for job in jobs:
+            channel = Channel(job.delivery.channel)
+            if channel is Channel.sms and next_sms_time(self.settings, job.customer.get("timezone"), now):
+                chunk.one_by_one.append(job.delivery.id)  # deliver() defers it to the send window
+                continue
+            adapter = self.adapters[channel]
+            try:
+                envelope = self._envelope(job, channel)
+                ready.append((job, adapter, envelope, self._prepare(adapter, envelope)))
+            except Exception:  # noqa: BLE001  # found again, and recorded as it should be, by deliver()
+                chunk.one_by_one.append(job.delivery.id)
+
+        claimed: list[tuple[str, ChannelAdapter, Envelope, Prepared | _Stored]] = []
+        if ready:
+            with self.database.transaction() as session, audit.batched(session):
+                rows = {
+                    r.id: r
+                    for r in session.scalars(
+                        select(Delivery)
+                        .where(Delivery.id.in_([job.delivery.id for job, *_ in ready]))
+                        .with_for_update()
+                    )
+                }
+                now = utcnow()
+                for job, adapter, envelope, fresh in ready:
+                    claim = self._claim_row(session, rows[job.delivery.id], fresh, now)
+                    if isinstance(claim, DeliveryStatus):
+                        chunk.statuses[job.delivery.id] = claim
+                    else:
+                        claimed.append((job.delivery.id, adapter, envelope, claim))
+
+        # Sent, not yet recorded: what a worker killed now would send again. Recorded every RECORD_EVERY
+        # sends, so that at most that many are. Sending stops half-way through the actor's time limit; the
+        # rest is released, to be queued again.
+        sent: list[tuple[str, Sent, Prepared]] = []
+        stop_at = time.monotonic() + queueing.time_limit(self.settings) / 2
+        for index, (delivery_id, adapter, envelope, claim) in enumerate(claimed):
+            if time.monotonic() > stop_at:
+                chunk.again = [c[0] for c in claimed[index:]]
+                break
+            prepared = claim if isinstance(claim, Prepared) else self._stored(claim)
+            try:
+                with waiting_on_provider():
+                    sent.append((delivery_id, adapter.send(envelope, prepared), prepared))
+            except TransientDeliveryError as exc:
+                self._attempt_failed(delivery_id, exc, claimed=True)
+                chunk.retry.append(delivery_id)
+            except PermanentDeliveryError as exc:
+                chunk.statuses[delivery_id] = self._failed(delivery_id, exc, claimed=True)
+            except Exception as exc:  # noqa: BLE001  # one message's fault must not stop the others'
+                # A fault, as in deliver(): its type only (the message may quote content).
+                log.error("delivery %s: unexpected %s while sending", delivery_id, type(exc).__name__)
+                error = TransientDeliveryError(f"unexpected {type(exc).__name__}")
+                self._attempt_failed(delivery_id, error, claimed=True)
+                chunk.retry.append(delivery_id)
+            if len(sent) >= RECORD_EVERY:
+                self._record_many(sent, chunk)
+                sent = []
+        self._record_many(sent, chunk, release=chunk.again)
+        return chunk
+
+    def _record_many(
+        self, sent: list[tuple[str, Sent, Prepared]], chunk: Chunk, *, release: Sequence[str] = ()
+    ) -> None:
+        """Record sends in one transaction, their log events chained together; release the claims of
+        deliveries left unsent."""
+        if not sent and not release:
+            return
+        with self.database.transaction() as session, audit.batched(session):
+            ids = [delivery_id for delivery_id, *_ in sent] + list(release)
+            rows = {
+                r.id: r
+                for r in session.scalars(select(Delivery).where(Delivery.id.in_(ids)).with_for_update())
+            }
+            for delivery_id, result, prepared in sent:
+                chunk.statuses[delivery_id] = self._record_sent(session, rows[delivery_id], result, prepared)
+            for delivery_id in release:
+                rows[delivery_id].claimed_until = None
 
     def _prepare(self, adapter: ChannelAdapter, envelope: Envelope) -> _Fresh:
         """The channel's output and its attachments, stored (content-addressed) but not yet logged."""
@@ -182,37 +313,41 @@ class Deliverer:
         without sending."""
         with self.database.transaction() as session:
             row = service.get_delivery(session, delivery_id, for_update=True)
-            now = utcnow()
-            status = _unavailable(row, now)
-            if status is not None:
-                return status
-            row.claimed_until = now + dt.timedelta(seconds=self.settings.delivery_lease)
-            if row.artifact_sha256 is None and fresh is not None:
-                row.artifact_sha256 = fresh.sha256
-                row.artifact_size = fresh.size
-                row.media_type = fresh.prepared.media_type
-                row.details = fresh.prepared.details
-                audit.append(
-                    session,
-                    actor=SYSTEM,
-                    action="delivery.rendered",
-                    subject_type="delivery",
-                    subject_id=row.id,
-                    payload={
-                        "communication": row.communication_id,
-                        "channel": row.channel,
-                        "artifact": fresh.sha256,
-                        "size": fresh.size,
-                        "media_type": fresh.prepared.media_type,
-                        "details": fresh.prepared.details,
-                    },
-                )
-                return fresh.prepared
-            if row.artifact_sha256 is None:  # read with an artifact, or prepared here: cannot happen
-                raise RuntimeError(f"delivery {delivery_id} has no artifact to send")
-            # Prepared before (a retry), or meanwhile by a worker whose lease ran out: what was stored and
-            # logged is what is sent.
-            return _Stored(row.artifact_sha256, row.media_type, dict(row.details))
+            return self._claim_row(session, row, fresh, utcnow())
+
+    def _claim_row(
+        self, session: Session, row: Delivery, fresh: _Fresh | None, now: dt.datetime
+    ) -> Prepared | _Stored | DeliveryStatus:
+        status = _unavailable(row, now)
+        if status is not None:
+            return status
+        row.claimed_until = now + dt.timedelta(seconds=self.settings.delivery_lease)
+        if row.artifact_sha256 is None and fresh is not None:
+            row.artifact_sha256 = fresh.sha256
+            row.artifact_size = fresh.size
+            row.media_type = fresh.prepared.media_type
+            row.details = fresh.prepared.details
+            audit.append(
+                session,
+                actor=SYSTEM,
+                action="delivery.rendered",
+                subject_type="delivery",
+                subject_id=row.id,
+                payload={
+                    "communication": row.communication_id,
+                    "channel": row.channel,
+                    "artifact": fresh.sha256,
+                    "size": fresh.size,
+                    "media_type": fresh.prepared.media_type,
+                    "details": fresh.prepared.details,
+                },
+            )
+            return fresh.prepared
+        if row.artifact_sha256 is None:  # read with an artifact, or prepared here: cannot happen
+            raise RuntimeError(f"delivery {row.id} has no artifact to send")
+        # Prepared before (a retry), or meanwhile by a worker whose lease ran out: what was stored and
+        # logged is what is sent.
+        return _Stored(row.artifact_sha256, row.media_type, dict(row.details))
 
     def _stored(self, stored: _Stored) -> Prepared:
         """A stored artifact read back (checked against its hash) to be sent again."""
@@ -229,18 +364,32 @@ class Deliverer:
 
     # --- steps ---------------------------------------------------------------------------------------------
 
-    def _job(self, session: Session, delivery: Delivery) -> _Job:
-        communication = session.get_one(Communication, delivery.communication_id)
-        template = session.get_one(Template, communication.template_id)
-        version = session.get_one(TemplateVersion, communication.template_version_id)
-        customer = session.get_one(Customer, communication.customer_id)
-        return _Job(
-            delivery=delivery,
-            communication=communication,
-            template=template,
-            version=templates.loaded(session, template, version),
-            customer=customer_context(session, customer),
-        )
+    def _jobs(self, session: Session, deliveries: Sequence[Delivery]) -> list[_Job]:
+        """What rendering each delivery needs, read with a query a table whatever their number."""
+        communications = {
+            c.id: c
+            for c in session.scalars(
+                select(Communication).where(Communication.id.in_({d.communication_id for d in deliveries}))
+            )
+        }
+        customers = {
+            c.id: customer_context(c)
+            for c in session.scalars(
+                select(Customer).where(Customer.id.in_({c.customer_id for c in communications.values()}))
+            )
+        }
+        versions: dict[int, tuple[Template, LoadedVersion]] = {}
+        for communication in communications.values():
+            if communication.template_version_id not in versions:
+                template = session.get_one(Template, communication.template_id)
+                version = session.get_one(TemplateVersion, communication.template_version_id)
+                versions[version.id] = (template, templates.loaded(session, template, version))
+        jobs = []
+        for delivery in deliveries:
+            communication = communications[delivery.communication_id]
+            template, loaded = versions[communication.template_version_id]
+            jobs.append(_Job(delivery, communication, template, loaded, customers[communication.customer_id]))
+        return jobs
 
     def _context(self, job: _Job, channel: Channel) -> RenderContext:
         external_id = str(job.customer["external_id"])
@@ -391,29 +540,33 @@ class Deliverer:
     def _sent(self, delivery_id: str, sent: Sent, prepared: Prepared) -> DeliveryStatus:
         with self.database.transaction() as session:
             delivery = service.get_delivery(session, delivery_id, for_update=True)
-            delivery.attempts += 1
-            delivery.last_error = None
-            delivery.claimed_until = None
-            provider_id = sent.provider_id
-            if delivery.channel == Channel.portal.value:
-                # The inbox message and the delivery's move commit together: no message on a pending
-                # delivery, and no opening before it counts as delivered.
-                provider_id = put_in_inbox(
-                    session, delivery, prepared, title=str(prepared.details.get("title"))
-                )
-            if not service.move(
-                session, delivery, sent.status, actor=SYSTEM, payload={"provider_id": provider_id}
-            ):
-                return DeliveryStatus(delivery.status)
-            delivery.provider_id = provider_id
-            if sent.details:
-                delivery.details = {**delivery.details, **sent.details}
-            if provider_id and delivery.channel == Channel.sms.value:
-                lock_name(session, f"twilio:{provider_id}")
-                apply_early_callbacks(session, delivery)
-            if delivery.channel == Channel.portal.value:
-                self._portal_notice(session, delivery, provider_id or "")
+            return self._record_sent(session, delivery, sent, prepared)
+
+    def _record_sent(
+        self, session: Session, delivery: Delivery, sent: Sent, prepared: Prepared
+    ) -> DeliveryStatus:
+        """What the provider took, recorded on the delivery (locked by the caller) and in the log."""
+        delivery.attempts += 1
+        delivery.last_error = None
+        delivery.claimed_until = None
+        provider_id = sent.provider_id
+        if delivery.channel == Channel.portal.value:
+            # The inbox message and the delivery's move commit together: no message on a pending
+            # delivery, and no opening before it counts as delivered.
+            provider_id = put_in_inbox(session, delivery, prepared, title=str(prepared.details.get("title")))
+        if not service.move(
+            session, delivery, sent.status, actor=SYSTEM, payload={"provider_id": provider_id}
+        ):
             return DeliveryStatus(delivery.status)
+        delivery.provider_id = provider_id
+        if sent.details:
+            delivery.details = {**delivery.details, **sent.details}
+        if provider_id and delivery.channel == Channel.sms.value:
+            lock_name(session, f"twilio:{provider_id}")
+            apply_early_callbacks(session, delivery)
+        if delivery.channel == Channel.portal.value:
+            self._portal_notice(session, delivery, provider_id or "")
+        return DeliveryStatus(delivery.status)
 
     def _portal_notice(self, session: Session, delivery: Delivery, portal_message: str) -> None:
         """When asked ({"portal_notice": ["email"]}), tell the customer a message is waiting in their portal:

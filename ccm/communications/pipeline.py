@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -44,6 +45,24 @@ class Queue(Protocol):
 
     def webhook(self, message_id: str, at: dt.datetime | None = None) -> None: ...
 
+    # A batch's work due now, in chunks (CHUNK at most): one queue message, and a transaction a step, for
+    # many communications.
+
+    def route_many(self, communication_ids: list[str]) -> None: ...
+
+    def deliver_many(self, delivery_ids: list[str]) -> None: ...
+
+
+# How many of a batch's communications are routed, or its deliveries delivered, a queue message at a time.
+# More makes fewer transactions; fewer keeps each short (SQLite's write lock is held for a whole chunk's
+# routing, and an API request's write waits for it) and gets a batch's first messages out sooner.
+CHUNK = 50
+
+
+def chunks(ids: list[str], size: int = CHUNK) -> Iterator[list[str]]:
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
+
 
 @dataclass
 class RelayCount:
@@ -62,29 +81,43 @@ class Pipeline:
     # --- routing --------------------------------------------------------------------------------------------
 
     def route(self, communication_id: str) -> None:
+        self.route_many([communication_id])
+
+    def route_many(self, communication_ids: list[str]) -> None:
+        """Decide the channels of accepted communications that are due and make their deliveries, all in
+        one transaction (their log events chained together), then hand the deliveries over: a batch's in
+        chunks, a single trigger's one by one."""
         now = utcnow()
-        later = None
-        handed: list[tuple[str, dt.datetime | None]] = []
-        with self.database.transaction() as session:
-            communication = service.get_communication(session, communication_id, for_update=True)
-            if communication.status != CommunicationStatus.accepted.value:
-                return
-            bulk = communication.batch_id is not None
-            if communication.due_at > now:
-                # Early (a scheduled send, a delay rounded down, clocks apart): back in the queue till due.
-                later = communication.due_at
-                communication.enqueued_at = queueing.enqueued_at(self.settings, later, now)
-            else:
-                deliveries = service.route(session, self.settings, communication, actor=SYSTEM)
-                for delivery in deliveries:
+        later: list[tuple[str, dt.datetime, bool]] = []
+        handed: list[tuple[str, dt.datetime | None, bool]] = []
+        with self.database.transaction() as session, audit.batched(session):
+            communications = session.scalars(
+                select(Communication)
+                .where(Communication.id.in_(set(communication_ids)))
+                .order_by(Communication.id)
+                .with_for_update()
+            )
+            for communication in communications:
+                if communication.status != CommunicationStatus.accepted.value:
+                    continue
+                bulk = communication.batch_id is not None
+                if communication.due_at > now:
+                    # Early (a scheduled send, a delay rounded down, clocks apart): queued again till due.
+                    communication.enqueued_at = queueing.enqueued_at(self.settings, communication.due_at, now)
+                    later.append((communication.id, communication.due_at, bulk))
+                    continue
+                for delivery in service.route(session, self.settings, communication, actor=SYSTEM):
                     delivery.enqueued_at = queueing.enqueued_at(
                         self.settings, max(delivery.next_attempt_at or now, now), now
                     )
-                handed = [(d.id, d.next_attempt_at) for d in deliveries]
-        if later is not None:
-            self.queue.route(communication_id, later, bulk=bulk)
-        for delivery_id, at in handed:
-            self.queue.deliver(delivery_id, at, bulk=bulk)
+                    handed.append((delivery.id, delivery.next_attempt_at, bulk))
+        for communication_id, due_at, bulk in later:
+            self.queue.route(communication_id, due_at, bulk=bulk)
+        for ids in chunks([i for i, at, bulk in handed if bulk and (at is None or at <= now)]):
+            self.queue.deliver_many(ids)
+        for delivery_id, at, bulk in handed:
+            if not bulk or (at is not None and at > now):
+                self.queue.deliver(delivery_id, at, bulk=bulk)
 
     # --- delivering -----------------------------------------------------------------------------------------
 
@@ -122,6 +155,24 @@ class Pipeline:
             raise
         if status is DeliveryStatus.failed:
             self._fall_back(delivery_id, bulk=bulk)
+
+    def deliver_many(self, delivery_ids: list[str]) -> None:
+        """A batch's deliveries, a chunk at a time (Deliverer.deliver_many); what needs more than the
+        plain steps is delivered one by one, and failures are retried or fall back as deliver() does."""
+        chunk = self.deliverer.deliver_many(delivery_ids)
+        for delivery_id in chunk.retry:
+            if self._after_transient(delivery_id, bulk=True) is DeliveryStatus.failed:
+                self._fall_back(delivery_id, bulk=True)
+        for delivery_id, status in chunk.statuses.items():
+            if status is DeliveryStatus.failed:
+                self._fall_back(delivery_id, bulk=True)
+        if chunk.again:
+            self.queue.deliver_many(chunk.again)
+        for delivery_id in chunk.one_by_one:
+            try:
+                self.deliver(delivery_id, bulk=True)
+            except Exception as exc:  # noqa: BLE001  # recorded by deliver(); the rest of the chunk goes on
+                log.error("delivery %s: unexpected %s", delivery_id, type(exc).__name__)
 
     def _defer(self, delivery_id: str, until: dt.datetime, *, bulk: bool = False) -> None:
         with self.database.transaction() as session:
@@ -254,10 +305,17 @@ class Pipeline:
                 )
             reviews.escalate_overdue(session, now=now)  # tasks past their SLA
         self._resume_fallbacks(now, limit)
+        # A batch's work in chunks, as it was first handed over; a single trigger's on its own.
+        for ids in chunks([i for i, batch_id in communications if batch_id is not None]):
+            self.queue.route_many(ids)
         for communication_id, batch_id in communications:
-            self.queue.route(communication_id, bulk=batch_id is not None)
+            if batch_id is None:
+                self.queue.route(communication_id)
+        for ids in chunks([i for i, batch_id in deliveries if batch_id is not None]):
+            self.queue.deliver_many(ids)
         for delivery_id, batch_id in deliveries:
-            self.queue.deliver(delivery_id, bulk=batch_id is not None)
+            if batch_id is None:
+                self.queue.deliver(delivery_id)
         for message_id in messages:
             self.queue.webhook(message_id)
         count.communications, count.deliveries, count.webhooks = (

@@ -26,3 +26,14 @@ def enqueued_at(settings: Settings, at: dt.datetime, now: dt.datetime | None = N
     """What to record as the time work due at `at` was handed to the queue: `at` if it is queued now, None
     (the relay's to queue when due) if it is due beyond the horizon."""
     return at if soon(settings, at, now) else None
+
+
+# An actor's time limit: well above any one step's (render limits, SMTP and HTTP timeouts, a letter's
+# layout), and always below the lease a delivery is claimed for (CCM_DELIVERY_LEASE), so that a send is never
+# still running when another worker may take the delivery over.
+TIME_LIMIT_SECONDS = 120.0
+
+
+def time_limit(settings: Settings) -> float:
+    """Seconds an actor may run before the worker stops it."""
+    return min(TIME_LIMIT_SECONDS, settings.delivery_lease * 0.8)

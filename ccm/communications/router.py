@@ -18,9 +18,10 @@ from ccm.auth.deps import DatabaseDep, SettingsDep, require
 from ccm.auth.models import Role
 from ccm.auth.service import Principal
 from ccm.communications import batches, events, trigger, webhooks
+from ccm.communications.pipeline import chunks
 from ccm.communications.schemas import AcceptedOut, CommunicationOut, TriggerIn
 from ccm.communications.service import CommunicationStatus
-from ccm.db import background_writes
+from ccm.db import background_writes, utcnow
 from ccm.errors import CCMError, FieldError, InvalidInput
 from ccm.inputs import InputModel
 from ccm.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_position, encode_position
@@ -35,8 +36,13 @@ def _hand_over(request: Request, accepted: list[tuple[str, dt.datetime]], *, bul
     send the communication again."""
     queue = request.app.state.runtime.queue
     try:
+        now = utcnow()
+        if bulk:  # a batch's: what is due now in chunks, a queue message for many
+            for ids in chunks([i for i, due_at in accepted if due_at <= now]):
+                queue.route_many(ids)
         for communication_id, due_at in accepted:
-            queue.route(communication_id, due_at, bulk=bulk)
+            if not bulk or due_at > now:
+                queue.route(communication_id, due_at, bulk=bulk)
     except Exception:
         log.exception("could not queue %d communications; the relay will", len(accepted))
 

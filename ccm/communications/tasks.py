@@ -12,6 +12,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import dramatiq
 
@@ -26,14 +27,13 @@ from ccm.templates_engine.render import TemplateEngine
 log = logging.getLogger(__name__)
 
 QUEUE = "ccm"
-# Dramatiq's own time limit: well above any one step's (render limits, SMTP and HTTP timeouts, a letter's
-# layout), and always below the lease a delivery is claimed for (CCM_DELIVERY_LEASE), so that a send is never
-# still running when another worker may take the delivery over.
-TIME_LIMIT_MS = 120 * 1000
 
 
 def time_limit_ms(settings: Settings) -> int:
-    return min(TIME_LIMIT_MS, int(settings.delivery_lease * 1000 * 0.8))
+    return int(queueing.time_limit(settings) * 1000)
+
+
+Ids = str | list[str]  # what an actor is given: an id, or a chunk of them
 
 
 def _delay(at: dt.datetime | None) -> int | None:
@@ -57,8 +57,8 @@ class DramatiqQueue:
         gate = Gate(settings.worker_busy_threads)
 
         def actor(
-            name: str, queue: str, priority: int, function: Callable[[str], None]
-        ) -> dramatiq.Actor[[str], None]:
+            name: str, queue: str, priority: int, function: Callable[[Any], None]
+        ) -> dramatiq.Actor[[Any], None]:
             decorate = dramatiq.actor(
                 broker=broker,
                 actor_name=name,
@@ -68,7 +68,7 @@ class DramatiqQueue:
                 time_limit=time_limit_ms(settings),
             )
 
-            def run(identifier: str) -> None:
+            def run(identifier: Any) -> None:
                 with gate.working(), background_writes():
                     function(identifier)
 
@@ -80,14 +80,24 @@ class DramatiqQueue:
         def deliver(delivery_id: str) -> None:
             runtime.pipeline().deliver(delivery_id)
 
-        def deliver_bulk(delivery_id: str) -> None:
-            runtime.pipeline().deliver(delivery_id, bulk=True)
+        # A batch's actors take a chunk of ids (or one id, as queued before chunks, or by the relay).
+        def route_bulk(communication_ids: Ids) -> None:
+            if isinstance(communication_ids, str):
+                runtime.pipeline().route(communication_ids)
+            else:
+                runtime.pipeline().route_many(communication_ids)
+
+        def deliver_bulk(delivery_ids: Ids) -> None:
+            if isinstance(delivery_ids, str):
+                runtime.pipeline().deliver(delivery_ids, bulk=True)
+            else:
+                runtime.pipeline().deliver_many(delivery_ids)
 
         self._deliver = actor("ccm.deliver", f"{QUEUE}.deliver", 0, deliver)
         self._route = actor("ccm.route", QUEUE, 10, route)
         self._webhook = actor("ccm.webhook", f"{QUEUE}.webhook", 10, runtime.send_webhook)
         self._deliver_bulk = actor("ccm.deliver_bulk", f"{QUEUE}.bulk.deliver", 20, deliver_bulk)
-        self._route_bulk = actor("ccm.route_bulk", f"{QUEUE}.bulk", 30, route)
+        self._route_bulk = actor("ccm.route_bulk", f"{QUEUE}.bulk", 30, route_bulk)
 
     # Work due beyond the horizon is not queued: the pipeline recorded it as not in the queue's hands
     # (ccm.communications.queueing), and the relay queues it when it falls due.
@@ -105,6 +115,12 @@ class DramatiqQueue:
     def webhook(self, message_id: str, at: dt.datetime | None = None) -> None:
         if queueing.soon(self._settings, at):
             self._webhook.send_with_options(args=(message_id,), delay=_delay(at))
+
+    def route_many(self, communication_ids: list[str]) -> None:
+        self._route_bulk.send(communication_ids)
+
+    def deliver_many(self, delivery_ids: list[str]) -> None:
+        self._deliver_bulk.send(delivery_ids)
 
 
 class Runtime:

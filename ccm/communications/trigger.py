@@ -119,7 +119,7 @@ def checked_row(
     )
     if workflow is not None:
         context = {
-            "customer": customer_context(session, customer),
+            "customer": customer_context(customer),
             "data": body.data,
             "template": {
                 "key": facts.template.key,

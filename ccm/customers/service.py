@@ -152,6 +152,11 @@ def customer_out(session: Session, customer: Customer) -> CustomerOut:
     return _customer_out(customer, _consents(session, customer))
 
 
+def profile_out(customer: Customer) -> CustomerOut:
+    """The profile without its consents: what a template sees of a customer."""
+    return _customer_out(customer, [])
+
+
 def _customer_out(customer: Customer, consents: list[Consent]) -> CustomerOut:
     address = None
     if customer.address_line1 and customer.address_city and customer.address_country:

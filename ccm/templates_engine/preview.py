@@ -16,7 +16,7 @@ from ccm.channels.print import LetterTooLarge, letter
 from ccm.channels.sms_segments import count_segments
 from ccm.config import Settings
 from ccm.customers.models import Customer
-from ccm.customers.service import customer_out, get_customer
+from ccm.customers.service import get_customer, profile_out
 from ccm.customers.unsubscribe import unsubscribe_url
 from ccm.errors import CCMError, FieldError, InvalidInput
 from ccm.templates_engine import service
@@ -78,9 +78,9 @@ class RenderFailed(CCMError):
 _CUSTOMER_FIELDS = ("external_id", "name", "email", "phone", "locale", "timezone", "address", "attributes")
 
 
-def customer_context(session: Session, customer: Customer) -> dict[str, Any]:
+def customer_context(customer: Customer) -> dict[str, Any]:
     """The `customer` a template sees: the profile's public fields."""
-    profile = customer_out(session, customer).model_dump(mode="json")
+    profile = profile_out(customer).model_dump(mode="json")
     return {name: profile.get(name) for name in _CUSTOMER_FIELDS}
 
 
@@ -131,7 +131,7 @@ def preview(
     service.validate_data(version.content.get("schema"), data)
 
     if isinstance(request.customer, str):
-        customer = customer_context(session, get_customer(session, external_id=request.customer))
+        customer = customer_context(get_customer(session, external_id=request.customer))
     elif request.customer is not None:
         try:
             inline = InlineCustomer.model_validate(request.customer)

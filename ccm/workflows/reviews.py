@@ -183,7 +183,7 @@ def rendered(
     session: Session, settings: Settings, engine: TemplateEngine, item: Subject, edits: dict[str, str]
 ) -> dict[str, dict[str, str]]:
     """Each channel's fields as they would go out, with these edits."""
-    customer = customer_context(session, item.customer)
+    customer = customer_context(item.customer)
     out: dict[str, dict[str, str]] = {}
     for name in item.version.content.get("parts", {}):
         channel = Channel(name)

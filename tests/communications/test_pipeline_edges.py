@@ -5,22 +5,28 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy import select
 
+from ccm import audit
+from ccm.audit.models import AuditEvent
 from ccm.auth.models import Role
 from ccm.channels import Channel
-from ccm.communications import batches, service
+from ccm.communications import batches, queueing, service
 from ccm.communications.pipeline import Pipeline
 from ccm.communications.status import DeliveryStatus
 from ccm.config import Settings
 from ccm.customers.models import Customer
 from ccm.db import Database, utcnow
+from tests.channels.smtp_sink import SmtpSink
 from tests.communications.conftest import Sender, sample
+from tests.communications.test_pipeline import live_in, zone_where_it_is
 from tests.communications.test_twilio_webhooks import status as twilio_status
+from tests.conftest import count_events
 
 
 @dataclass
@@ -36,6 +42,12 @@ class ListQueue:
 
     def webhook(self, message_id: str, at: dt.datetime | None = None) -> None:
         return None
+
+    def route_many(self, communication_ids: list[str]) -> None:
+        self.routed.extend(communication_ids)
+
+    def deliver_many(self, delivery_ids: list[str]) -> None:
+        self.delivered.extend(delivery_ids)
 
 
 def fallback_communication(sender: Sender, database: Database) -> tuple[str, str]:
@@ -158,3 +170,127 @@ def test_a_send_window_must_be_a_time_of_day() -> None:
     with pytest.raises(ValidationError, match="sms_send_window"):
         Settings(sms_send_window="08:00-24:30")
     assert Settings(sms_send_window="08:00-24:00").sms_send_window == "08:00-24:00"
+
+
+def test_a_batch_chunk_is_sent_together_and_each_delivery_still_takes_its_own_way(
+    sender: Sender, database: Database, sink: SmtpSink
+) -> None:
+    """Pipeline.deliver_many: plain emails sent with a transaction a step for the lot; a 451, a 550, an SMS
+    at night, a letter and a delivery already sent each end as they would on their own."""
+    data = sample("payment_reminder")
+
+    def email_to(address: str) -> str:
+        sender.set_email("CUST-1001", address)
+        [delivery_id] = sender.create("payment_reminder", "CUST-1001", data, [Channel.email])
+        return delivery_id
+
+    plain = [email_to(f"amelia.{n}@example.co.uk") for n in range(3)]
+    busy = email_to("busy.amelia@example.co.uk")
+    sink.handler.busy["busy.amelia@example.co.uk"] = 1
+    rejected = email_to("reject.amelia@example.co.uk")
+    sender.set_email("CUST-1001", "amelia.hartley@example.co.uk")
+    already = sender.send("payment_reminder", "CUST-1001", data, [Channel.email])
+    assert already.status == "sent"
+    [letter] = sender.create("claim_decision", "CUST-1001", sample("claim_decision"), [Channel.print])
+    [sms] = sender.create("payment_reminder", "CUST-1001", data, [Channel.sms])
+    live_in(database, "CUST-1001", zone_where_it_is(23))  # whatever time the test runs, 23:xx there
+    received_before = len(sink.handler.messages)
+    events_before = count_events(database)
+
+    queue = ListQueue()
+    pipeline = Pipeline(database=database, settings=sender.settings, deliverer=sender.deliverer, queue=queue)
+    pipeline.deliver_many([*plain, busy, rejected, already.id, letter, sms])
+
+    status = {d: sender.delivery(d).status for d in [*plain, busy, rejected, already.id, letter, sms]}
+    assert [status[d] for d in plain] == ["sent"] * 3
+    assert status[busy] == "pending"
+    assert sender.delivery(busy).attempts == 1
+    assert busy in queue.delivered  # its next attempt queued
+    assert status[rejected] == "failed"
+    assert "550" in (sender.delivery(rejected).last_error or "")
+    assert status[already.id] == "sent"
+    assert sender.delivery(already.id).attempts == 1  # not sent again
+    assert status[letter] == "queued"  # made one by one, waiting for its print batch
+    assert status[sms] == "pending"
+    assert sender.delivery(sms).next_attempt_at is not None  # deferred to the morning, not sent
+    received = sink.handler.messages[received_before:]
+    assert sorted(m.recipients[0] for m in received) == sorted(f"amelia.{n}@example.co.uk" for n in range(3))
+    with database.read() as session:
+        for delivery_id in plain:
+            delivery = service.get_delivery(session, delivery_id)
+            assert delivery.provider_id
+            assert service.get_communication(session, delivery.communication_id).status == "sent"
+        # Every step of every delivery in the log, in one chain that still holds.
+        timeline = list(
+            session.scalars(
+                select(AuditEvent.action).where(AuditEvent.subject_id.in_(plain)).order_by(AuditEvent.seq)
+            )
+        )
+        assert timeline.count("delivery.rendered") == 3
+        assert timeline.count("delivery.sent") == 3
+        assert audit.verify(session).ok
+    assert count_events(database, "delivery.deferred") == 1
+    assert count_events(database) > events_before
+
+
+def test_a_chunk_of_communications_is_routed_in_one_go(sender: Sender, database: Database) -> None:
+    """Pipeline.route_many: the due ones routed with their deliveries handed over, one scheduled for
+    later put back, one routed before left alone."""
+    with database.transaction() as session:
+        customer = session.scalars(select(Customer).where(Customer.external_id == "CUST-1001")).one()
+
+        def accepted(**extra: Any) -> str:
+            communication = service.create_communication(
+                session,
+                sender.settings,
+                template_key="payment_reminder",
+                customer=customer,
+                data=sample("payment_reminder"),
+                channels=[Channel.email],
+                actor="test",
+                **extra,
+            )
+            return communication.id
+
+        due = [accepted() for _ in range(3)]
+        later = accepted(send_at=utcnow() + dt.timedelta(minutes=30))
+    [routed_before] = sender.create(
+        "payment_reminder", "CUST-1001", sample("payment_reminder"), [Channel.email]
+    )
+    with database.read() as session:
+        routed_before_communication = service.get_delivery(session, routed_before).communication_id
+    queue = ListQueue()
+    pipeline = Pipeline(database=database, settings=sender.settings, deliverer=sender.deliverer, queue=queue)
+    pipeline.route_many([*due, later, routed_before_communication])
+    with database.read() as session:
+        assert [service.get_communication(session, c).status for c in due] == ["routed"] * 3
+        assert service.get_communication(session, later).status == "accepted"
+        handed = [d.id for c in due for d in service.deliveries_of(session, c)]
+        assert service.deliveries_of(session, routed_before_communication)[0].id == routed_before
+        assert audit.verify(session).ok
+    assert sorted(queue.delivered) == sorted(handed)
+    assert queue.routed == [later]
+
+
+def test_a_chunk_out_of_time_releases_what_it_did_not_send_and_queues_it_again(
+    sender: Sender, database: Database, sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sending stops half-way through the actor's time limit (here: none at all), so that the worker never
+    cuts a send short; what is left is released, unsent and uncounted, and queued again."""
+    data = sample("payment_reminder")
+    ids = [sender.create("payment_reminder", "CUST-1001", data, [Channel.email])[0] for _ in range(3)]
+    monkeypatch.setattr(queueing, "time_limit", lambda settings: 0.0)
+    received_before = len(sink.handler.messages)
+    queue = ListQueue()
+    pipeline = Pipeline(database=database, settings=sender.settings, deliverer=sender.deliverer, queue=queue)
+    pipeline.deliver_many(ids)
+    assert len(sink.handler.messages) == received_before
+    for delivery_id in ids:
+        delivery = sender.delivery(delivery_id)
+        assert (delivery.status, delivery.attempts, delivery.claimed_until) == ("pending", 0, None)
+        assert delivery.artifact_sha256 is not None  # rendered and logged: the same bytes go next time
+    assert queue.delivered == ids
+    monkeypatch.undo()
+    pipeline.deliver_many(queue.delivered)
+    assert [sender.delivery(d).status for d in ids] == ["sent"] * 3
+    assert len(sink.handler.messages) == received_before + 3

@@ -43,6 +43,12 @@ class RecordingPipeline:
     def deliver(self, delivery_id: str, *, bulk: bool = False) -> None:
         self._record(f"deliver {delivery_id}")
 
+    def route_many(self, communication_ids: list[str]) -> None:
+        self._record(f"route {communication_ids}")
+
+    def deliver_many(self, delivery_ids: list[str]) -> None:
+        self._record(f"deliver {delivery_ids}")
+
 
 class RecordingRuntime:
     def __init__(self) -> None:
