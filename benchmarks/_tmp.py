@@ -135,8 +135,6 @@ def run(*, quick: bool = False) -> None:
             floors = [floor_rate(sink, messages)]
 
             server = CcmServer(Path(directory), setup.environment).start()
-            import subprocess
-            spy = subprocess.Popen(['.venv/bin/py-spy', 'record', '--gil', '--nonblocking', '-r', '200', '-f', 'raw', '-o', '/tmp/prof.txt', '-p', str(server.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             client = Client(server.port, setup.key)
             try:
                 before = sink.received
@@ -177,7 +175,6 @@ def run(*, quick: bool = False) -> None:
                     time.sleep(0.01)
                 elapsed = time.perf_counter() - started
                 cpu = server.cpu_seconds() - cpu_before
-                spy.send_signal(2); spy.wait()
                 assert sink.received - before == count, (sink.received - before, count)
                 peak = server.peak_rss()
             finally:

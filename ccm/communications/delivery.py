@@ -278,8 +278,11 @@ class Deliverer:
                 r.id: r
                 for r in session.scalars(select(Delivery).where(Delivery.id.in_(ids)).with_for_update())
             }
+            held = service.Held.lock(session, {row.communication_id for row in rows.values()})
             for delivery_id, result, prepared in sent:
-                chunk.statuses[delivery_id] = self._record_sent(session, rows[delivery_id], result, prepared)
+                chunk.statuses[delivery_id] = self._record_sent(
+                    session, rows[delivery_id], result, prepared, held=held
+                )
             for delivery_id in release:
                 rows[delivery_id].claimed_until = None
 
@@ -543,7 +546,13 @@ class Deliverer:
             return self._record_sent(session, delivery, sent, prepared)
 
     def _record_sent(
-        self, session: Session, delivery: Delivery, sent: Sent, prepared: Prepared
+        self,
+        session: Session,
+        delivery: Delivery,
+        sent: Sent,
+        prepared: Prepared,
+        *,
+        held: service.Held | None = None,
     ) -> DeliveryStatus:
         """What the provider took, recorded on the delivery (locked by the caller) and in the log."""
         delivery.attempts += 1
@@ -555,7 +564,7 @@ class Deliverer:
             # delivery, and no opening before it counts as delivered.
             provider_id = put_in_inbox(session, delivery, prepared, title=str(prepared.details.get("title")))
         if not service.move(
-            session, delivery, sent.status, actor=SYSTEM, payload={"provider_id": provider_id}
+            session, delivery, sent.status, actor=SYSTEM, payload={"provider_id": provider_id}, held=held
         ):
             return DeliveryStatus(delivery.status)
         delivery.provider_id = provider_id

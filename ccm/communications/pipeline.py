@@ -30,6 +30,7 @@ from ccm.communications.status import DeliveryStatus
 from ccm.config import Settings
 from ccm.customers.models import Customer
 from ccm.db import Database, utcnow
+from ccm.templates_engine.models import TemplateVersion
 from ccm.workflows import reviews
 
 log = logging.getLogger(__name__)
@@ -91,12 +92,26 @@ class Pipeline:
         later: list[tuple[str, dt.datetime, bool]] = []
         handed: list[tuple[str, dt.datetime | None, bool]] = []
         with self.database.transaction() as session, audit.batched(session):
-            communications = session.scalars(
-                select(Communication)
-                .where(Communication.id.in_(set(communication_ids)))
-                .order_by(Communication.id)
-                .with_for_update()
+            communications = list(
+                session.scalars(
+                    select(Communication)
+                    .where(Communication.id.in_(set(communication_ids)))
+                    .order_by(Communication.id)
+                    .with_for_update()
+                )
             )
+            # The customers, their consents and the versions read at once, and held here (the session's
+            # identity map holds them weakly) so that routing each one takes no query, and no flush.
+            customer_ids = {c.customer_id for c in communications}
+            held = [
+                *session.scalars(select(Customer).where(Customer.id.in_(customer_ids))),
+                *session.scalars(
+                    select(TemplateVersion).where(
+                        TemplateVersion.id.in_({c.template_version_id for c in communications})
+                    )
+                ),
+            ]
+            consents = routing.consents_of_many(session, customer_ids)
             for communication in communications:
                 if communication.status != CommunicationStatus.accepted.value:
                     continue
@@ -106,11 +121,19 @@ class Pipeline:
                     communication.enqueued_at = queueing.enqueued_at(self.settings, communication.due_at, now)
                     later.append((communication.id, communication.due_at, bulk))
                     continue
-                for delivery in service.route(session, self.settings, communication, actor=SYSTEM):
+                routed = service.route(
+                    session,
+                    self.settings,
+                    communication,
+                    actor=SYSTEM,
+                    consents=consents[communication.customer_id],
+                )
+                for delivery in routed:
                     delivery.enqueued_at = queueing.enqueued_at(
                         self.settings, max(delivery.next_attempt_at or now, now), now
                     )
                     handed.append((delivery.id, delivery.next_attempt_at, bulk))
+        del held
         for communication_id, due_at, bulk in later:
             self.queue.route(communication_id, due_at, bulk=bulk)
         for ids in chunks([i for i, at, bulk in handed if bulk and (at is None or at <= now)]):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import zoneinfo
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,9 +56,17 @@ class Decision:
         }
 
 
-def _consents(session: Session, customer: Customer) -> dict[tuple[str, str], bool]:
-    rows = session.scalars(select(Consent).where(Consent.customer_id == customer.id))
-    return {(row.channel, row.purpose): row.granted for row in rows}
+def consents_of(session: Session, customer: Customer) -> dict[tuple[str, str], bool]:
+    """The customer's consents: (channel, purpose) -> granted."""
+    return consents_of_many(session, [customer.id])[customer.id]
+
+
+def consents_of_many(session: Session, customer_ids: Iterable[int]) -> dict[int, dict[tuple[str, str], bool]]:
+    """Many customers' consents, read at once."""
+    found: dict[int, dict[tuple[str, str], bool]] = {i: {} for i in customer_ids}
+    for row in session.scalars(select(Consent).where(Consent.customer_id.in_(list(found)))):
+        found[row.customer_id][(row.channel, row.purpose)] = row.granted
+    return found
 
 
 def decide(
@@ -69,6 +78,7 @@ def decide(
     parts: set[str],
     reachable: set[Channel],
     now: dt.datetime,
+    consents: Mapping[tuple[str, str], bool] | None = None,
 ) -> Decision:
     asked = [Channel(c) for c in communication.channels]
     decided = communication.decision or {}
@@ -105,7 +115,8 @@ def decide(
             decision.suppressed.append({"channel": channel.value, "reason": reason})
 
     category = communication.category
-    consents = _consents(session, customer)
+    if consents is None:
+        consents = consents_of(session, customer)
     if category == Category.regulatory.value and not customer.e_delivery:
         for channel in ELECTRONIC:
             drop(channel, "a regulatory document goes electronically only with e-delivery consent")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -411,10 +411,16 @@ def emit_status(
 
 
 def route(
-    session: Session, settings: Settings, communication: Communication, *, actor: str
+    session: Session,
+    settings: Settings,
+    communication: Communication,
+    *,
+    actor: str,
+    consents: Mapping[tuple[str, str], bool] | None = None,
 ) -> list[Delivery]:
     """Decide the channels of an accepted communication and make its first deliveries (all of them, or the
-    first of a fallback chain). The caller holds the communication's row lock."""
+    first of a fallback chain). The caller holds the communication's row lock; `consents`, the customer's,
+    when the caller read them (for many customers at once)."""
     customer = session.get_one(Customer, communication.customer_id)
     version = session.get_one(TemplateVersion, communication.template_version_id)
     parts = set(version.content.get("parts", {}))
@@ -428,6 +434,7 @@ def route(
         parts=parts,
         reachable=reachable,
         now=now,
+        consents=consents,
     )
     communication.routing = {**decision.as_dict(), "decided_at": now.isoformat()}
     for suppressed in decision.suppressed:
@@ -446,7 +453,6 @@ def route(
         return []
     first = decision.chain if decision.mode == "all" else decision.chain[:1]
     deliveries = [new_delivery(session, settings, communication, customer, channel) for channel in first]
-    session.flush()
     set_status(
         session,
         communication,
@@ -492,10 +498,17 @@ def fall_back(session: Session, settings: Settings, delivery: Delivery, *, actor
     return following
 
 
-def settle(session: Session, communication: Communication, *, actor: str) -> None:
-    """The communication's status from its deliveries': delivered once one is, sent once one left, failed
-    when every one failed and nothing is left to try."""
-    deliveries = deliveries_of(session, communication.id)
+def settle(
+    session: Session,
+    communication: Communication,
+    *,
+    actor: str,
+    deliveries: Sequence[Delivery] | None = None,
+) -> None:
+    """The communication's status from its deliveries' (read here unless the caller gives them all):
+    delivered once one is, sent once one left, failed when every one failed and nothing is left to try."""
+    if deliveries is None:
+        deliveries = deliveries_of(session, communication.id)
     # A letter waiting for its print batch has not left: it can still be cancelled.
     statuses = {
         DeliveryStatus.pending
@@ -549,9 +562,11 @@ def move(
     *,
     actor: str,
     payload: dict[str, Any] | None = None,
+    held: Held | None = None,
 ) -> bool:
     """Move a delivery forward to `status` and log it; a move backwards or sideways changes nothing and
-    answers False. The caller holds the delivery's row lock (get_delivery(for_update=True))."""
+    answers False. The caller holds the delivery's row lock (get_delivery(for_update=True)), and its
+    communication's too when it gives it in `held`."""
     current = DeliveryStatus(delivery.status)
     if not can_move(current, status):
         return False
@@ -581,8 +596,41 @@ def move(
             **({"reason": payload["error"]} if payload and payload.get("error") else {}),
         },
     )
-    settle(session, get_communication(session, delivery.communication_id, for_update=True), actor=actor)
+    if held is not None:
+        communication = held.communications[delivery.communication_id]
+        settle(session, communication, actor=actor, deliveries=held.deliveries[communication.id])
+    else:
+        settle(session, get_communication(session, delivery.communication_id, for_update=True), actor=actor)
     return True
+
+
+@dataclass(frozen=True)
+class Held:
+    """Communications locked, with all their deliveries read, for a transaction that moves the deliveries
+    of many (a chunk of a batch): move() and settle() take them from here instead of a query each."""
+
+    communications: dict[str, Communication]
+    deliveries: dict[str, list[Delivery]]
+
+    @classmethod
+    def lock(cls, session: Session, communication_ids: Iterable[str]) -> Held:
+        """Lock the communications (after their deliveries, as move() does) and read their deliveries."""
+        ids = sorted(set(communication_ids))
+        communications = {
+            c.id: c
+            for c in session.scalars(
+                select(Communication)
+                .where(Communication.id.in_(ids))
+                .order_by(Communication.id)
+                .with_for_update()
+            )
+        }
+        deliveries: dict[str, list[Delivery]] = {i: [] for i in communications}
+        for delivery in session.scalars(
+            select(Delivery).where(Delivery.communication_id.in_(ids)).order_by(Delivery.created_at)
+        ):
+            deliveries[delivery.communication_id].append(delivery)
+        return cls(communications, deliveries)
 
 
 def is_marketing(communication: Communication) -> bool:

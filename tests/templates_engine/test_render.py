@@ -61,6 +61,30 @@ def test_concurrent_emails_never_mix_their_texts() -> None:
             assert text.startswith(f"Dear Customer {n},"), (n, text[:40])
 
 
+def test_the_plain_text_of_an_html_email_keeps_what_a_reader_needs() -> None:
+    engine = TemplateEngine(
+        load_version=lambda k, n: (_ for _ in ()).throw(LookupError(k)), output_limit=10**6, time_limit=5
+    )
+    html = (
+        "<html><head><title>Not shown</title><style>p { color: red; }</style></head><body>"
+        "<script>alert(1)</script><p>Dear {{ customer.name }},</p>"
+        "<p>Your <strong>statement</strong> is ready.</p>"
+        "<ul><li>Balance: &pound;20.37</li><li>Due: 15 December</li></ul>"
+        '<p><a href="https://bank.example/pay">Pay now</a> <img src="x.png" alt="logo"></p></body></html>'
+    )
+    result = engine.render_channel(
+        version("t", {"parts": {"email": {"subject": "s", "html": html}}}), Channel.email, context("Amelia")
+    )
+    assert not result.problems, result.problems
+    text = result.fields["text"]
+    assert text.startswith("Dear Amelia,\n\nYour statement is ready.")
+    assert "\u2022 Balance: \u00a320.37" in text  # list items keep a bullet; entities decoded
+    assert "Pay now (https://bank.example/pay)" in text  # a link keeps its address
+    for hidden in ("Not shown", "color", "alert", "logo", "<", "**"):
+        assert hidden not in text
+    assert text.endswith("\n")
+
+
 def test_an_evicted_version_is_loaded_again_by_its_name() -> None:
     footer = version("footer", {"parts": {"body": "Footer one"}}, kind=TemplateKind.snippet)
     loads: list[tuple[str, int | None]] = []
