@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
                 relay.stop()
             if worker is not None:
                 worker.stop()
+            app.state.runtime.close()
             database.dispose()
 
     app = FastAPI(

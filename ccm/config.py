@@ -88,6 +88,13 @@ class Settings(BaseSettings):
         description="Of the worker threads, how many may be working (rendering, recording) at once; the "
         "others may only wait on a provider. More only take turns at Python's GIL, and the API with them.",
     )
+    delivery_processes: int = Field(
+        default=2,
+        ge=0,
+        le=32,
+        description="Embedded mode: processes beside `ccm serve` that render, send and record a batch's "
+        "emails and SMS, each on a core of its own (0: all in the API process).",
+    )
     retry_max_attempts: int = Field(
         default=8,
         ge=1,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,7 +23,7 @@ from ccm import audit
 from ccm.channels import Channel
 from ccm.channels.base import TransientDeliveryError
 from ccm.communications import queueing, routing, service
-from ccm.communications.delivery import SYSTEM, Deliverer
+from ccm.communications.delivery import SYSTEM, Chunk, Deliverer
 from ccm.communications.models import Communication, Delivery, IdempotencyKey, WebhookMessage
 from ccm.communications.service import GIVEN_UP, CommunicationStatus
 from ccm.communications.status import DeliveryStatus
@@ -73,11 +73,22 @@ class RelayCount:
 
 
 class Pipeline:
-    def __init__(self, *, database: Database, settings: Settings, deliverer: Deliverer, queue: Queue) -> None:
+    def __init__(
+        self,
+        *,
+        database: Database,
+        settings: Settings,
+        deliverer: Deliverer,
+        queue: Queue,
+        deliver_chunk: Callable[[list[str]], Chunk] | None = None,
+    ) -> None:
+        """`deliver_chunk`: where a batch's chunks are delivered (processes of their own,
+        ccm.communications.processes); by default the deliverer, in this process."""
         self.database = database
         self.settings = settings
         self.deliverer = deliverer
         self.queue = queue
+        self.deliver_chunk = deliver_chunk or deliverer.deliver_many
 
     # --- routing --------------------------------------------------------------------------------------------
 
@@ -182,7 +193,7 @@ class Pipeline:
     def deliver_many(self, delivery_ids: list[str]) -> None:
         """A batch's deliveries, a chunk at a time (Deliverer.deliver_many); what needs more than the
         plain steps is delivered one by one, and failures are retried or fall back as deliver() does."""
-        chunk = self.deliverer.deliver_many(delivery_ids)
+        chunk = self.deliver_chunk(delivery_ids)
         for delivery_id in chunk.retry:
             if self._after_transient(delivery_id, bulk=True) is DeliveryStatus.failed:
                 self._fall_back(delivery_id, bulk=True)

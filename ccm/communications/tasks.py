@@ -20,6 +20,7 @@ from ccm.communications import queueing, webhooks
 from ccm.communications.delivery import make_deliverer
 from ccm.communications.gate import Gate
 from ccm.communications.pipeline import Pipeline
+from ccm.communications.processes import DeliveryProcesses
 from ccm.config import Settings
 from ccm.db import Database, background_writes, utcnow
 from ccm.templates_engine.render import TemplateEngine
@@ -132,12 +133,24 @@ class Runtime:
         self.database = database
         self.settings = settings
         self.queue = DramatiqQueue(broker, self, settings)
+        # Embedded, a batch's chunks are delivered in processes of their own, on the other cores.
+        self._processes = (
+            DeliveryProcesses(settings, settings.delivery_processes)
+            if settings.embedded and settings.delivery_processes > 0
+            else None
+        )
         self._pipeline = Pipeline(
             database=database,
             settings=settings,
             deliverer=make_deliverer(database, settings, engine),
             queue=self.queue,
+            deliver_chunk=self._processes.deliver_many if self._processes is not None else None,
         )
+
+    def close(self) -> None:
+        """After the worker has stopped: stop the delivery processes."""
+        if self._processes is not None:
+            self._processes.close()
 
     def pipeline(self) -> Pipeline:
         return self._pipeline

@@ -27,7 +27,7 @@ from ccm.workflows import reviews
 from ccm.workflows.models import Task
 from tests.channels.smtp_sink import SmtpSink
 from tests.communications.conftest import sample
-from tests.communications.test_pipeline import trigger
+from tests.communications.test_pipeline import trigger, wait_until
 from tests.communications.test_pipeline import wait_for as found
 from tests.conftest import STARTER_TEMPLATES, count_events
 
@@ -488,7 +488,13 @@ def test_an_agent_records_the_outcome_and_no_answer_sends_the_follow_up_letter(
     )
     assert done.status_code == 200, done.text
     assert done.json()["status"] == "done"
-    answer = found(client, sender, communication_id, {"sent", "delivered"})
+    # The follow-up letter is made, then waits for its print batch (nothing is sent till one is made).
+    answer = wait_until(
+        client,
+        sender,
+        communication_id,
+        lambda r: any(d["channel"] == "print" and d["status"] == "queued" for d in r["deliveries"]),
+    )
     by_channel = {d["channel"]: d for d in answer["deliveries"]}
     assert by_channel["agent"]["status"] == "undelivered"
     assert by_channel["agent"]["details"]["outcome"] == "no_answer"
