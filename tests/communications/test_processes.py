@@ -1,0 +1,51 @@
+"""Delivery processes (embedded mode, CCM_DELIVERY_PROCESSES): a batch's chunks delivered in processes of
+their own, with the real adapters, database and SMTP sink."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from concurrent.futures.process import BrokenProcessPool
+
+import pytest
+
+from ccm.channels import Channel
+from ccm.communications.processes import DeliveryProcesses
+from ccm.communications.status import DeliveryStatus
+from ccm.db import Database
+from tests.channels.smtp_sink import SmtpSink
+from tests.communications.conftest import Sender, sample
+
+
+def test_a_chunk_is_delivered_in_another_process_and_a_killed_one_is_replaced(
+    sender: Sender, database: Database, sink: SmtpSink
+) -> None:
+    data = sample("payment_reminder")
+    first = [sender.create("payment_reminder", "CUST-1001", data, [Channel.email])[0] for _ in range(3)]
+    before = set(multiprocessing.active_children())
+    processes = DeliveryProcesses(sender.settings, 1)
+    try:
+        chunk = processes.deliver_many(first)
+        assert chunk.statuses == dict.fromkeys(first, DeliveryStatus.sent)
+        assert [sender.delivery(d).status for d in first] == ["sent"] * 3
+        [child] = [p for p in multiprocessing.active_children() if p not in before and p.pid != os.getpid()][
+            -1:
+        ]
+        assert child.pid is not None
+        assert child.pid != os.getpid()  # sent from a process of its own
+
+        os.kill(child.pid, signal.SIGKILL)  # out of memory, or an operator's kill -9
+        deadline = time.monotonic() + 10
+        while child.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = [sender.create("payment_reminder", "CUST-1001", data, [Channel.email])[0] for _ in range(2)]
+        with pytest.raises(BrokenProcessPool):
+            processes.deliver_many(second)  # the actor fails; its deliveries wait for the relay
+        assert [sender.delivery(d).status for d in second] == ["pending"] * 2
+        chunk = processes.deliver_many(second)  # a new process took over
+        assert chunk.statuses == dict.fromkeys(second, DeliveryStatus.sent)
+    finally:
+        processes.close()
+    assert len(sink.handler.messages) == 5
