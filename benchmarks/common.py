@@ -191,6 +191,19 @@ class CcmServer:
         """The most memory the process has held at once (VmHWM), since it started."""
         return self._status("VmHWM")
 
+    def peak_rss_under(self) -> list[int]:
+        """The same of each process under the server's (its delivery processes), while they run."""
+        peaks = []
+        for pid in self.processes()[1:]:
+            try:
+                if b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    continue  # multiprocessing's own helper
+                lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+            except OSError:
+                continue
+            peaks += [int(line.split()[1]) * 1024 for line in lines if line.startswith("VmHWM:")]
+        return peaks
+
     def processes(self) -> list[int]:
         """The server's process and every process under it (CCM_DELIVERY_PROCESSES), from /proc."""
         parents: dict[int, int] = {}

@@ -183,8 +183,10 @@ class Deliverer:
         in the same order, with the same guarantees.
 
         What is not that plain case (already prepared before, another channel, an SMS outside its send
-        window, anything that fails before it is sent) is answered as `one_by_one`, for deliver() to take
-        on its own, where every way it can go has its handling."""
+        window, a retry not yet due, anything that fails before it is sent) is answered as `one_by_one`,
+        for deliver() to take on its own, where every way it can go has its handling. Nothing is claimed or
+        sent after half the actor's time limit: what is left then is answered as `again`."""
+        deadline = time.monotonic() + queueing.time_limit(self.settings) / 2
         chunk = Chunk()
         now = utcnow()
         with self.database.read() as session:
@@ -194,17 +196,21 @@ class Deliverer:
             plain = []
             for delivery_id in dict.fromkeys(delivery_ids):
                 delivery = found.get(delivery_id)
-                status = _unavailable(delivery, now) if delivery is not None else None
-                if status is not None:
-                    chunk.statuses[delivery_id] = status
-                elif delivery is None or not _plain(delivery):
+                if delivery is None or not _plain(delivery):
                     chunk.one_by_one.append(delivery_id)
+                elif delivery.claimed_until is None and _unavailable(delivery, now) is DeliveryStatus.pending:
+                    chunk.one_by_one.append(delivery_id)  # a retry not yet due: deliver() queues it for then
+                elif (status := _unavailable(delivery, now)) is not None:
+                    chunk.statuses[delivery_id] = status  # finished, or in another worker's hands
                 else:
                     plain.append(delivery)
             jobs = self._jobs(session, plain)
 
         ready: list[tuple[_Job, ChannelAdapter, Envelope, _Fresh]] = []
-        for job in jobs:
+        for index, job in enumerate(jobs):
+            if time.monotonic() > deadline:
+                chunk.again.extend(j.delivery.id for j in jobs[index:])
+                break
             channel = Channel(job.delivery.channel)
             if channel is Channel.sms and next_sms_time(self.settings, job.customer.get("timezone"), now):
                 chunk.one_by_one.append(job.delivery.id)  # deliver() defers it to the send window
@@ -224,6 +230,7 @@ class Deliverer:
                     for r in session.scalars(
                         select(Delivery)
                         .where(Delivery.id.in_([job.delivery.id for job, *_ in ready]))
+                        .order_by(Delivery.id)  # the order every multi-row lock on deliveries takes
                         .with_for_update()
                     )
                 }
@@ -236,33 +243,41 @@ class Deliverer:
                         claimed.append((job.delivery.id, adapter, envelope, claim))
 
         # Sent, not yet recorded: what a worker killed now would send again. Recorded every RECORD_EVERY
-        # sends, so that at most that many are. Sending stops half-way through the actor's time limit; the
-        # rest is released, to be queued again.
+        # sends, so that at most that many are; and whatever stops this loop (a database error, the time
+        # limit), what was sent is recorded and what was not is released on the way out.
         sent: list[tuple[str, Sent, Prepared]] = []
-        stop_at = time.monotonic() + queueing.time_limit(self.settings) / 2
-        for index, (delivery_id, adapter, envelope, claim) in enumerate(claimed):
-            if time.monotonic() > stop_at:
-                chunk.again = [c[0] for c in claimed[index:]]
-                break
-            prepared = claim if isinstance(claim, Prepared) else self._stored(claim)
-            try:
-                with waiting_on_provider():
-                    sent.append((delivery_id, adapter.send(envelope, prepared), prepared))
-            except TransientDeliveryError as exc:
-                self._attempt_failed(delivery_id, exc, claimed=True)
-                chunk.retry.append(delivery_id)
-            except PermanentDeliveryError as exc:
-                chunk.statuses[delivery_id] = self._failed(delivery_id, exc, claimed=True)
-            except Exception as exc:  # noqa: BLE001  # one message's fault must not stop the others'
-                # A fault, as in deliver(): its type only (the message may quote content).
-                log.error("delivery %s: unexpected %s while sending", delivery_id, type(exc).__name__)
-                error = TransientDeliveryError(f"unexpected {type(exc).__name__}")
-                self._attempt_failed(delivery_id, error, claimed=True)
-                chunk.retry.append(delivery_id)
-            if len(sent) >= RECORD_EVERY:
-                self._record_many(sent, chunk)
-                sent = []
-        self._record_many(sent, chunk, release=chunk.again)
+        done = 0
+        try:
+            for delivery_id, adapter, envelope, claim in claimed:
+                if time.monotonic() > deadline:
+                    break
+                try:
+                    prepared = claim if isinstance(claim, Prepared) else self._stored(claim)
+                    with waiting_on_provider():
+                        result = adapter.send(envelope, prepared)
+                except TransientDeliveryError as exc:
+                    done += 1
+                    self._attempt_failed(delivery_id, exc, claimed=True)
+                    chunk.retry.append(delivery_id)
+                except PermanentDeliveryError as exc:
+                    done += 1
+                    chunk.statuses[delivery_id] = self._failed(delivery_id, exc, claimed=True)
+                except Exception as exc:  # noqa: BLE001  # one message's fault must not stop the others'
+                    # A fault, as in deliver(): its type only (the message may quote content).
+                    done += 1
+                    log.error("delivery %s: unexpected %s while sending", delivery_id, type(exc).__name__)
+                    error = TransientDeliveryError(f"unexpected {type(exc).__name__}")
+                    self._attempt_failed(delivery_id, error, claimed=True)
+                    chunk.retry.append(delivery_id)
+                else:
+                    done += 1
+                    sent.append((delivery_id, result, prepared))
+                if len(sent) >= RECORD_EVERY:
+                    self._record_many(sent, chunk)  # if this fails, the finally tries them again
+                    sent = []
+        finally:
+            chunk.again.extend(c[0] for c in claimed[done:])
+            self._record_many(sent, chunk, release=[c[0] for c in claimed[done:]])
         return chunk
 
     def _record_many(
@@ -276,7 +291,9 @@ class Deliverer:
             ids = [delivery_id for delivery_id, *_ in sent] + list(release)
             rows = {
                 r.id: r
-                for r in session.scalars(select(Delivery).where(Delivery.id.in_(ids)).with_for_update())
+                for r in session.scalars(
+                    select(Delivery).where(Delivery.id.in_(ids)).order_by(Delivery.id).with_for_update()
+                )
             }
             held = service.Held.lock(session, {row.communication_id for row in rows.values()})
             for delivery_id, result, prepared in sent:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -29,7 +30,7 @@ from ccm.communications.service import GIVEN_UP, CommunicationStatus
 from ccm.communications.status import DeliveryStatus
 from ccm.config import Settings
 from ccm.customers.models import Customer
-from ccm.db import Database, utcnow
+from ccm.db import Database, lock_name, utcnow
 from ccm.templates_engine.models import TemplateVersion
 from ccm.workflows import reviews
 
@@ -98,7 +99,24 @@ class Pipeline:
     def route_many(self, communication_ids: list[str]) -> None:
         """Decide the channels of accepted communications that are due and make their deliveries, all in
         one transaction (their log events chained together), then hand the deliveries over: a batch's in
-        chunks, a single trigger's one by one."""
+        chunks, a single trigger's one by one. If the chunk fails as a whole (one communication whose
+        routing fails, a database error), each is queued again on its own, so that one cannot hold up the
+        others."""
+        if len(communication_ids) == 1:
+            self._route_chunk(communication_ids)
+            return
+        try:
+            self._route_chunk(communication_ids)
+        except Exception as exc:  # noqa: BLE001  # each again on its own, where a failure is its own
+            log.error(
+                "routing %d communications together failed (%s); queued one by one",
+                len(communication_ids),
+                type(exc).__name__,
+            )
+            for communication_id in communication_ids:
+                self.queue.route(communication_id, bulk=True)
+
+    def _route_chunk(self, communication_ids: list[str]) -> None:
         now = utcnow()
         later: list[tuple[str, dt.datetime, bool]] = []
         handed: list[tuple[str, dt.datetime | None, bool]] = []
@@ -123,6 +141,16 @@ class Pipeline:
                 ),
             ]
             consents = routing.consents_of_many(session, customer_ids)
+            # Frequency caps lock (customer, category) while routing; for many customers at once, taken up
+            # front in one order, so that two chunks never wait on each other's.
+            for customer_id, category in sorted(
+                {
+                    (c.customer_id, c.category)
+                    for c in communications
+                    if c.category in self.settings.frequency_caps
+                }
+            ):
+                lock_name(session, f"cap:{customer_id}:{category}")
             for communication in communications:
                 if communication.status != CommunicationStatus.accepted.value:
                     continue
@@ -192,21 +220,36 @@ class Pipeline:
 
     def deliver_many(self, delivery_ids: list[str]) -> None:
         """A batch's deliveries, a chunk at a time (Deliverer.deliver_many); what needs more than the
-        plain steps is delivered one by one, and failures are retried or fall back as deliver() does."""
-        chunk = self.deliver_chunk(delivery_ids)
+        plain steps is delivered one by one, and failures are retried or fall back as deliver() does. All
+        within half the actor's time limit: what is left then is queued again, each on its own."""
+        deadline = time.monotonic() + queueing.time_limit(self.settings) / 2
+        try:
+            chunk = self.deliver_chunk(delivery_ids)
+        except Exception as exc:  # noqa: BLE001  # each again on its own, where a failure is its own
+            # A database error, a delivery process lost: what the chunk had claimed waits for its lease.
+            log.error(
+                "delivering %d together failed (%s); queued one by one", len(delivery_ids), type(exc).__name__
+            )
+            for delivery_id in delivery_ids:
+                self.queue.deliver(delivery_id, bulk=True)
+            return
         for delivery_id in chunk.retry:
             if self._after_transient(delivery_id, bulk=True) is DeliveryStatus.failed:
                 self._fall_back(delivery_id, bulk=True)
         for delivery_id, status in chunk.statuses.items():
             if status is DeliveryStatus.failed:
                 self._fall_back(delivery_id, bulk=True)
-        if chunk.again:
-            self.queue.deliver_many(chunk.again)
-        for delivery_id in chunk.one_by_one:
+        left = list(chunk.again)
+        for index, delivery_id in enumerate(chunk.one_by_one):
+            if time.monotonic() > deadline:
+                left += chunk.one_by_one[index:]
+                break
             try:
                 self.deliver(delivery_id, bulk=True)
             except Exception as exc:  # noqa: BLE001  # recorded by deliver(); the rest of the chunk goes on
                 log.error("delivery %s: unexpected %s", delivery_id, type(exc).__name__)
+        for delivery_id in left:
+            self.queue.deliver(delivery_id, bulk=True)
 
     def _defer(self, delivery_id: str, until: dt.datetime, *, bulk: bool = False) -> None:
         with self.database.transaction() as session:

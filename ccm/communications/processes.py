@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import queue
 import signal
 import sys
 import threading
@@ -31,17 +32,19 @@ log = logging.getLogger(__name__)
 _deliverer: Deliverer | None = None  # the child process's own
 
 
-def _start(settings: Settings) -> None:
+def _start(settings: Settings, database_url: str) -> None:
     """In each child: its own database engine, template engine and adapters."""
     global _deliverer  # one per process, made once
-    # Ctrl-C reaches the whole process group; the parent stops the children in its own time.
+    # Ctrl-C and a service manager's SIGTERM reach the whole process group; the parent lets the chunk in
+    # hand finish and then stops the children, so that none is cut short between a send and its record.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     from ccm.templates_engine.service import make_engine
 
-    database = Database(settings.resolved_database_url)
+    database = Database(database_url)
     _deliverer = make_deliverer(database, settings, make_engine(database, settings))
 
 
@@ -52,41 +55,67 @@ def _deliver_chunk(delivery_ids: list[str]) -> Chunk:
 
 
 class DeliveryProcesses:
-    """A pool of CCM_DELIVERY_PROCESSES processes, started when the first chunk comes."""
+    """CCM_DELIVERY_PROCESSES processes, each started when a chunk first needs it, each in an executor of
+    its own: a process that dies takes only its own chunk with it (an executor whose process dies stops all
+    of its others), and is replaced."""
 
-    def __init__(self, settings: Settings, count: int) -> None:
+    def __init__(self, settings: Settings, count: int, database_url: str) -> None:
         self._settings = settings
-        self._count = count
+        self._database_url = database_url
         self._lock = threading.Lock()
-        self._pool: ProcessPoolExecutor | None = None
+        self._pools: list[ProcessPoolExecutor | None] = [None] * count
+        self._free: queue.Queue[int] = queue.Queue()
+        for slot in range(count):
+            self._free.put(slot)
 
-    def _executor(self) -> ProcessPoolExecutor:
+    def _executor(self, slot: int) -> ProcessPoolExecutor:
         with self._lock:
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(
-                    max_workers=self._count,
+            pool = self._pools[slot]
+            if pool is None:
+                pool = self._pools[slot] = ProcessPoolExecutor(
+                    max_workers=1,
                     mp_context=multiprocessing.get_context("spawn"),
                     initializer=_start,
-                    initargs=(self._settings,),
+                    initargs=(self._settings, self._database_url),
                 )
-            return self._pool
+            return pool
+
+    def _replace(self, slot: int, pool: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pools[slot] is pool:
+                self._pools[slot] = None
+        pool.shutdown(wait=False, cancel_futures=True)
 
     def deliver_many(self, delivery_ids: list[str]) -> Chunk:
-        pool = self._executor()
-        try:
-            future = pool.submit(_deliver_chunk, delivery_ids)
-            with waiting_on_provider():  # this thread only waits: another may work meanwhile
+        """Deliver the chunk in a free process (waiting for one, while every one is busy)."""
+        with waiting_on_provider():  # this thread only waits: another may work meanwhile
+            slot = self._free.get()
+            try:
+                return self._deliver_in(slot, delivery_ids)
+            finally:
+                self._free.put(slot)
+
+    def _deliver_in(self, slot: int, delivery_ids: list[str]) -> Chunk:
+        for _ in range(2):
+            pool = self._executor(slot)
+            try:
+                future = pool.submit(_deliver_chunk, delivery_ids)
+            except BrokenProcessPool:  # it died while idle: nothing of this chunk reached it
+                self._replace(slot, pool)
+                continue
+            try:
                 return future.result()
-        except BrokenProcessPool:
-            # A child died (killed, out of memory): what it had claimed waits for its lease and the relay.
-            with self._lock:
-                if self._pool is pool:
-                    self._pool = None
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+            except BrokenProcessPool:
+                # It died with the chunk in hand (killed, out of memory): what it had claimed waits for its
+                # lease and the relay; a new process takes the next chunk.
+                self._replace(slot, pool)
+                raise
+        raise BrokenProcessPool("a delivery process could not be started")
 
     def close(self) -> None:
+        """Let each process finish the chunk in hand, then stop it."""
         with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pools, self._pools = self._pools, [None] * len(self._pools)
+        for pool in pools:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)

@@ -135,7 +135,7 @@ class Runtime:
         self.queue = DramatiqQueue(broker, self, settings)
         # Embedded, a batch's chunks are delivered in processes of their own, on the other cores.
         self._processes = (
-            DeliveryProcesses(settings, settings.delivery_processes)
+            DeliveryProcesses(settings, settings.delivery_processes, database.url)
             if settings.embedded and settings.delivery_processes > 0
             else None
         )

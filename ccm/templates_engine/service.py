@@ -548,11 +548,19 @@ class DataValidator:
                         "schema",
                     )
                 ]
-        found.sort(key=lambda error: [str(part) for part in error[0]])
+        # In the data's order: /lines/2 before /lines/10.
+        found.sort(
+            key=lambda error: [(0, part, "") if isinstance(part, int) else (1, 0, part) for part in error[0]]
+        )
         return [
             FieldError("body", pointer + "".join(f"/{part}" for part in path), message, "schema")
             for path, message in found
         ]
+
+
+def _in_data_order(path: list[Any]) -> list[tuple[int, int, str]]:
+    """A sort key for error paths: /lines/2 before /lines/10."""
+    return [(0, part, "") if isinstance(part, int) else (1, 0, str(part)) for part in path]
 
 
 def data_validator(schema: dict[str, Any] | None) -> DataValidator | None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from dramatiq.middleware.time_limit import TimeLimitExceeded
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy import select
@@ -272,11 +273,11 @@ def test_a_chunk_of_communications_is_routed_in_one_go(sender: Sender, database:
     assert queue.routed == [later]
 
 
-def test_a_chunk_out_of_time_releases_what_it_did_not_send_and_queues_it_again(
+def test_a_chunk_out_of_time_claims_nothing_more_and_queues_the_rest_again(
     sender: Sender, database: Database, sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Sending stops half-way through the actor's time limit (here: none at all), so that the worker never
-    cuts a send short; what is left is released, unsent and uncounted, and queued again."""
+    """A chunk stops half-way through the actor's time limit (here: none at all), so that the worker never
+    cuts a send short; what is left is neither claimed nor sent, and queued again on its own."""
     data = sample("payment_reminder")
     ids = [sender.create("payment_reminder", "CUST-1001", data, [Channel.email])[0] for _ in range(3)]
     monkeypatch.setattr(queueing, "time_limit", lambda settings: 0.0)
@@ -288,9 +289,70 @@ def test_a_chunk_out_of_time_releases_what_it_did_not_send_and_queues_it_again(
     for delivery_id in ids:
         delivery = sender.delivery(delivery_id)
         assert (delivery.status, delivery.attempts, delivery.claimed_until) == ("pending", 0, None)
-        assert delivery.artifact_sha256 is not None  # rendered and logged: the same bytes go next time
     assert queue.delivered == ids
     monkeypatch.undo()
     pipeline.deliver_many(queue.delivered)
     assert [sender.delivery(d).status for d in ids] == ["sent"] * 3
     assert len(sink.handler.messages) == received_before + 3
+
+
+def test_a_chunk_interrupted_mid_send_records_what_went_and_releases_the_rest(
+    sender: Sender, database: Database, sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's time limit (or anything else) stopping the chunk between sends: what was sent is
+    recorded as sent, what was not is released at once instead of waiting out its lease."""
+    data = sample("payment_reminder")
+    ids = [sender.create("payment_reminder", "CUST-1001", data, [Channel.email])[0] for _ in range(4)]
+    adapter = sender.deliverer.adapters[Channel.email]
+    send = adapter.send
+    calls: list[str] = []
+
+    def interrupted(envelope: Any, prepared: Any) -> Any:
+        calls.append(envelope.delivery_id)
+        if len(calls) == 3:
+            raise TimeLimitExceeded()  # as Dramatiq interrupts an actor: not an Exception
+        return send(envelope, prepared)
+
+    monkeypatch.setattr(adapter, "send", interrupted)
+    received_before = len(sink.handler.messages)
+    with pytest.raises(TimeLimitExceeded):
+        sender.deliverer.deliver_many(ids)
+    assert len(sink.handler.messages) == received_before + 2
+    statuses = {d: sender.delivery(d) for d in ids}
+    assert [statuses[d].status for d in calls[:2]] == ["sent", "sent"]
+    for delivery_id in [d for d in ids if d not in calls[:2]]:
+        assert (statuses[delivery_id].status, statuses[delivery_id].claimed_until) == ("pending", None)
+    with database.read() as session:
+        assert audit.verify(session).ok
+
+
+def test_one_communication_that_cannot_be_routed_does_not_hold_up_its_chunk(
+    sender: Sender, database: Database
+) -> None:
+    with database.transaction() as session:
+        customer = session.scalars(select(Customer).where(Customer.external_id == "CUST-1001")).one()
+        ids = [
+            service.create_communication(
+                session,
+                sender.settings,
+                template_key="payment_reminder",
+                customer=customer,
+                data=sample("payment_reminder"),
+                channels=[Channel.email],
+                actor="test",
+            ).id
+            for _ in range(3)
+        ]
+        # A row no routing can read (a workflow outcome naming a channel ccm has not got).
+        service.get_communication(session, ids[1]).decision = {"outcome": {"routing": {"channels": ["fax"]}}}
+    queue = ListQueue()
+    pipeline = Pipeline(database=database, settings=sender.settings, deliverer=sender.deliverer, queue=queue)
+    pipeline.route_many(ids)
+    assert queue.routed == ids  # the chunk failed as a whole: each queued again on its own
+    for communication_id in (ids[0], ids[2]):
+        pipeline.route(communication_id)
+    with pytest.raises(ValueError, match="fax"):
+        pipeline.route(ids[1])
+    with database.read() as session:
+        assert [service.get_communication(session, c).status for c in ids] == ["routed", "accepted", "routed"]
+        assert audit.verify(session).ok

@@ -211,16 +211,18 @@ def test_data_errors_name_every_field_in_order_and_check_formats() -> None:
     assert validator is not None
     good = {"amount": 1.5, "due_date": "2026-12-15", "payment_url": "https://bank.example/pay"}
     assert validator.errors(good, pointer="/data") == []
-    bad = {"amount": -1, "due_date": "2026-13-01", "payment_url": "bank/pay", "lines": [{"n": 1}, {"n": "x"}]}
+    lines = [{"n": 1}, {"n": "x"}] + [{"n": 1}] * 8 + [{"n": "y"}]
+    bad = {"amount": -1, "due_date": "2026-13-01", "payment_url": "bank/pay", "lines": lines}
     errors = validator.errors(bad, pointer="/rows/3/data")
     assert [e.path for e in errors] == [
         "/rows/3/data/amount",
         "/rows/3/data/due_date",
         "/rows/3/data/lines/1/n",
+        "/rows/3/data/lines/10/n",  # in the data's order, not the text's
         "/rows/3/data/payment_url",
     ]
     assert "date" in errors[1].message
-    assert "uri" in errors[3].message
+    assert "uri" in errors[4].message
     assert service.data_validator(None) is None
 
 
