@@ -250,6 +250,7 @@ def test_an_sms_triggered_at_night_is_deferred_not_dropped(
         if "delivery.deferred" in [e["action"] for e in found["timeline"]]:
             break
         time.sleep(0.05)
+    assert "delivery.deferred" in [e["action"] for e in found["timeline"]], found
     [delivery] = found["deliveries"]
     assert delivery["status"] == "pending"
     waits = dt.datetime.fromisoformat(delivery["next_attempt_at"]) - dt.datetime.now(dt.UTC)

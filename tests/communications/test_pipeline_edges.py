@@ -234,14 +234,12 @@ def test_a_batch_chunk_is_sent_together_and_each_delivery_still_takes_its_own_wa
     assert count_events(database) > events_before
 
 
-def test_a_chunk_of_communications_is_routed_in_one_go(sender: Sender, database: Database) -> None:
-    """Pipeline.route_many: the due ones routed with their deliveries handed over, one scheduled for
-    later put back, one routed before left alone."""
-    with database.transaction() as session:
+def accepted_reminders(sender: Sender, count: int, **extra: Any) -> list[str]:
+    """Payment reminders by email to CUST-1001, accepted and not yet routed."""
+    with sender.database.transaction() as session:
         customer = session.scalars(select(Customer).where(Customer.external_id == "CUST-1001")).one()
-
-        def accepted(**extra: Any) -> str:
-            communication = service.create_communication(
+        return [
+            service.create_communication(
                 session,
                 sender.settings,
                 template_key="payment_reminder",
@@ -250,11 +248,16 @@ def test_a_chunk_of_communications_is_routed_in_one_go(sender: Sender, database:
                 channels=[Channel.email],
                 actor="test",
                 **extra,
-            )
-            return communication.id
+            ).id
+            for _ in range(count)
+        ]
 
-        due = [accepted() for _ in range(3)]
-        later = accepted(send_at=utcnow() + dt.timedelta(minutes=30))
+
+def test_a_chunk_of_communications_is_routed_in_one_go(sender: Sender, database: Database) -> None:
+    """Pipeline.route_many: the due ones routed with their deliveries handed over, one scheduled for
+    later put back, one routed before left alone."""
+    due = accepted_reminders(sender, 3)
+    [later] = accepted_reminders(sender, 1, send_at=utcnow() + dt.timedelta(minutes=30))
     [routed_before] = sender.create(
         "payment_reminder", "CUST-1001", sample("payment_reminder"), [Channel.email]
     )
@@ -329,20 +332,8 @@ def test_a_chunk_interrupted_mid_send_records_what_went_and_releases_the_rest(
 def test_one_communication_that_cannot_be_routed_does_not_hold_up_its_chunk(
     sender: Sender, database: Database
 ) -> None:
+    ids = accepted_reminders(sender, 3)
     with database.transaction() as session:
-        customer = session.scalars(select(Customer).where(Customer.external_id == "CUST-1001")).one()
-        ids = [
-            service.create_communication(
-                session,
-                sender.settings,
-                template_key="payment_reminder",
-                customer=customer,
-                data=sample("payment_reminder"),
-                channels=[Channel.email],
-                actor="test",
-            ).id
-            for _ in range(3)
-        ]
         # A row no routing can read (a workflow outcome naming a channel ccm has not got).
         service.get_communication(session, ids[1]).decision = {"outcome": {"routing": {"channels": ["fax"]}}}
     queue = ListQueue()
