@@ -132,7 +132,7 @@ class Pipeline:
             # The customers, their consents and the versions read at once, and held here (the session's
             # identity map holds them weakly) so that routing each one takes no query, and no flush.
             customer_ids = {c.customer_id for c in communications}
-            held = [
+            kept = [
                 *session.scalars(select(Customer).where(Customer.id.in_(customer_ids))),
                 *session.scalars(
                     select(TemplateVersion).where(
@@ -172,7 +172,7 @@ class Pipeline:
                         self.settings, max(delivery.next_attempt_at or now, now), now
                     )
                     handed.append((delivery.id, delivery.next_attempt_at, bulk))
-        del held
+        del kept
         for communication_id, due_at, bulk in later:
             self.queue.route(communication_id, due_at, bulk=bulk)
         for ids in chunks([i for i, at, bulk in handed if bulk and (at is None or at <= now)]):
