@@ -186,7 +186,7 @@ class Deliverer:
         window, a retry not yet due, anything that fails before it is sent) is answered as `one_by_one`,
         for deliver() to take on its own, where every way it can go has its handling. Nothing is claimed or
         sent after half the actor's time limit: what is left then is answered as `again`."""
-        deadline = time.monotonic() + queueing.time_limit(self.settings) / 2
+        deadline = time.monotonic() + queueing.chunk_seconds(self.settings)
         chunk = Chunk()
         now = utcnow()
         with self.database.read() as session:
@@ -196,14 +196,15 @@ class Deliverer:
             plain = []
             for delivery_id in dict.fromkeys(delivery_ids):
                 delivery = found.get(delivery_id)
+                status = _unavailable(delivery, now) if delivery is not None else None
                 if delivery is None or not _plain(delivery):
                     chunk.one_by_one.append(delivery_id)
-                elif delivery.claimed_until is None and _unavailable(delivery, now) is DeliveryStatus.pending:
-                    chunk.one_by_one.append(delivery_id)  # a retry not yet due: deliver() queues it for then
-                elif (status := _unavailable(delivery, now)) is not None:
-                    chunk.statuses[delivery_id] = status  # finished, or in another worker's hands
-                else:
+                elif status is None:
                     plain.append(delivery)
+                elif status is DeliveryStatus.pending and not _held(delivery, now):
+                    chunk.one_by_one.append(delivery_id)  # not yet due: deliver() queues it for then
+                else:
+                    chunk.statuses[delivery_id] = status  # finished, or in another worker's hands
             jobs = self._jobs(session, plain)
 
         ready: list[tuple[_Job, ChannelAdapter, Envelope, _Fresh]] = []
@@ -225,15 +226,7 @@ class Deliverer:
         claimed: list[tuple[str, ChannelAdapter, Envelope, Prepared | _Stored]] = []
         if ready:
             with self.database.transaction() as session, audit.batched(session):
-                rows = {
-                    r.id: r
-                    for r in session.scalars(
-                        select(Delivery)
-                        .where(Delivery.id.in_([job.delivery.id for job, *_ in ready]))
-                        .order_by(Delivery.id)  # the order every multi-row lock on deliveries takes
-                        .with_for_update()
-                    )
-                }
+                rows = service.lock_deliveries(session, [job.delivery.id for job, *_ in ready])
                 now = utcnow()
                 for job, adapter, envelope, fresh in ready:
                     claim = self._claim_row(session, rows[job.delivery.id], fresh, now)
@@ -289,12 +282,7 @@ class Deliverer:
             return
         with self.database.transaction() as session, audit.batched(session):
             ids = [delivery_id for delivery_id, *_ in sent] + list(release)
-            rows = {
-                r.id: r
-                for r in session.scalars(
-                    select(Delivery).where(Delivery.id.in_(ids)).order_by(Delivery.id).with_for_update()
-                )
-            }
+            rows = service.lock_deliveries(session, ids)
             held = service.Held.lock(session, {row.communication_id for row in rows.values()})
             for delivery_id, result, prepared in sent:
                 chunk.statuses[delivery_id] = self._record_sent(
@@ -627,12 +615,17 @@ class Deliverer:
             )
 
 
+def _held(delivery: Delivery, now: dt.datetime) -> bool:
+    """In a worker's hands: claimed, and its lease not run out."""
+    return delivery.claimed_until is not None and delivery.claimed_until > now
+
+
 def _unavailable(delivery: Delivery, now: dt.datetime) -> DeliveryStatus | None:
     """Why this worker may not take the delivery (its status: finished, or `pending` in another worker's
     hands or waiting for its next attempt), or None if it may."""
     if delivery.status != DeliveryStatus.pending.value:
         return DeliveryStatus(delivery.status)
-    if delivery.claimed_until is not None and delivery.claimed_until > now:
+    if _held(delivery, now):
         return DeliveryStatus.pending
     if delivery.next_attempt_at is not None and delivery.next_attempt_at > now:
         return DeliveryStatus.pending  # a failed attempt's backoff (or Retry-After) is not cut short

@@ -222,7 +222,7 @@ class Pipeline:
         """A batch's deliveries, a chunk at a time (Deliverer.deliver_many); what needs more than the
         plain steps is delivered one by one, and failures are retried or fall back as deliver() does. All
         within half the actor's time limit: what is left then is queued again, each on its own."""
-        deadline = time.monotonic() + queueing.time_limit(self.settings) / 2
+        deadline = time.monotonic() + queueing.chunk_seconds(self.settings)
         try:
             chunk = self.deliver_chunk(delivery_ids)
         except Exception as exc:  # noqa: BLE001  # each again on its own, where a failure is its own

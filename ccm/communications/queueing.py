@@ -37,3 +37,9 @@ TIME_LIMIT_SECONDS = 120.0
 def time_limit(settings: Settings) -> float:
     """Seconds an actor may run before the worker stops it."""
     return min(TIME_LIMIT_SECONDS, settings.delivery_lease * 0.8)
+
+
+def chunk_seconds(settings: Settings) -> float:
+    """How long a chunk of a batch may go on starting work (a claim, a send, a delivery on its own): half
+    the actor's time limit, so that what it has started always ends before the worker would stop it."""
+    return time_limit(settings) / 2

@@ -545,6 +545,13 @@ def get_delivery(session: Session, delivery_id: str, *, for_update: bool = False
     return delivery
 
 
+def lock_deliveries(session: Session, delivery_ids: Iterable[str]) -> dict[str, Delivery]:
+    """Several deliveries locked for update, in the order of their ids: the order every lock on more than
+    one delivery takes (a chunk's claim and record, a cancel), so that two never wait on each other."""
+    query = select(Delivery).where(Delivery.id.in_(set(delivery_ids))).order_by(Delivery.id).with_for_update()
+    return {delivery.id: delivery for delivery in session.scalars(query)}
+
+
 def deliveries_of(session: Session, communication_id: str) -> list[Delivery]:
     return list(
         session.scalars(

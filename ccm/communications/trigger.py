@@ -392,12 +392,8 @@ def cancel(database: Database, communication_id: str, *, actor: str) -> None:
     """Cancel a communication that has not gone out: nothing of it sent, handed over or being sent."""
     with database.transaction() as session:
         # Deliveries first, then the communication: the order every status change takes (move -> settle).
-        # Several deliveries are locked in the order of their ids, as a batch's chunk locks them.
         existing = service.deliveries_of(session, communication_id)
-        locked = {
-            d.id: service.get_delivery(session, d.id, for_update=True)
-            for d in sorted(existing, key=lambda d: d.id)
-        }
+        locked = service.lock_deliveries(session, [d.id for d in existing])
         deliveries = [locked[d.id] for d in existing]
         communication = service.get_communication(session, communication_id, for_update=True)
         if communication.status == CommunicationStatus.cancelled.value:
