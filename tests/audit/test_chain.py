@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -198,6 +199,26 @@ def test_canonical_json_is_independent_of_key_order() -> None:
     assert canonical_json({"a": 1, "b": 2}) == canonical_json(json.loads('{"b": 2, "a": 1}'))
     with pytest.raises(ValueError, match="not JSON compliant"):
         canonical_json({"x": float("nan")})
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["plain", 'quote " and backslash \\', "é ü 漢字 \u2028", "tab\tnew\nline\x01\x1f", "</script>", ""],
+)
+def test_an_event_hash_covers_the_canonical_header_whatever_its_text(text: str) -> None:
+    """The hash an auditor recomputes from docs/audit.md (canonical JSON of the header) is the one ccm writes,
+    for any text a field may hold."""
+    fields = {
+        "occurred_at": "2026-01-01T00:00:00.000001Z",
+        "actor": f"key:{text}",
+        "action": "thing.happened",
+        "subject_type": "thing",
+        "subject_id": text,
+        "prev_hash": "0" * 64,
+    }
+    header = canonical_json([42, *fields.values()])
+    expected = hashlib.sha256(f"{header}\n{{}}".encode()).hexdigest()
+    assert event_digest(seq=42, payload="{}", **fields) == expected
 
 
 def test_an_edited_timestamp_is_named(database: Database) -> None:
