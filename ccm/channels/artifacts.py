@@ -3,14 +3,36 @@ the data dir, content-addressed by SHA-256, and checked against its hash wheneve
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import tempfile
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+_SYNC_THREADS = 8
+_syncing: ThreadPoolExecutor | None = None
+_syncing_lock = threading.Lock()
+
+
+def _fsync_all(handles: Sequence[int]) -> None:
+    """fsync each file, side by side when there are several (fsync waits on the disk, not on the GIL)."""
+    global _syncing
+    if len(handles) <= 1:
+        for handle in handles:
+            os.fsync(handle)
+        return
+    with _syncing_lock:
+        if _syncing is None:
+            _syncing = ThreadPoolExecutor(_SYNC_THREADS, thread_name_prefix="ccm-fsync")
+    for _ in _syncing.map(os.fsync, handles):
+        pass
 
 
 class ArtifactError(Exception):
@@ -46,21 +68,46 @@ class ArtifactStore:
         return self.root / sha256[:2] / sha256[2:4] / sha256
 
     def put(self, content: bytes) -> Artifact:
-        digest = hashlib.sha256(content).hexdigest()
-        target = self.path_of(digest)
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
-            try:
-                with os.fdopen(handle, "wb") as file:
-                    file.write(content)
-                    file.flush()
-                    os.fsync(file.fileno())
+        return self.put_many([content])[0]
+
+    def put_many(self, contents: Sequence[bytes]) -> list[Artifact]:
+        """Store several at once, answering their artifacts in order: each written to a temporary file, all
+        made durable together, then each renamed into place. The fsyncs run side by side, which the
+        filesystem commits in a few journal writes where one after another costs one each (a chunk of
+        emails spent a quarter of its time waiting on them). An exception leaves no temporary file behind;
+        what was renamed before it is stored, whole."""
+        artifacts = [
+            Artifact(sha256=hashlib.sha256(content).hexdigest(), size=len(content)) for content in contents
+        ]
+        new = {}
+        for artifact, content in zip(artifacts, contents, strict=True):
+            if artifact.sha256 not in new and not self.path_of(artifact.sha256).exists():
+                new[artifact.sha256] = content
+        handles: list[int] = []  # still open
+        temporaries: list[tuple[str, Path]] = []  # each with its final name
+        try:
+            for digest, content in new.items():
+                target = self.path_of(digest)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
+                handles.append(handle)
+                temporaries.append((temporary, target))
+                view = memoryview(content)
+                while view:
+                    view = view[os.write(handle, view) :]
+            _fsync_all(handles)
+            while handles:
+                os.close(handles.pop())
+            for temporary, target in temporaries:
                 os.replace(temporary, target)
-            except BaseException:
+        except BaseException:
+            for handle in handles:
+                with contextlib.suppress(OSError):
+                    os.close(handle)
+            for temporary, _ in temporaries:
                 Path(temporary).unlink(missing_ok=True)
-                raise
-        return Artifact(sha256=digest, size=len(content))
+            raise
+        return artifacts
 
     def get(self, sha256: str) -> bytes:
         """The artifact's bytes, only if they still hash to its name."""

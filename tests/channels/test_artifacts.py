@@ -40,3 +40,27 @@ def test_missing_and_malformed_hashes(tmp_path: Path) -> None:
         store.get("0" * 64)
     with pytest.raises(ArtifactMissing, match="not an artifact hash"):
         store.get("../../etc/passwd")
+
+
+def test_several_stored_at_once_answer_in_order_and_store_each_once(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    contents = [f"letter {n}".encode() for n in range(20)] + [b"letter 3", b""]
+    artifacts = store.put_many(contents)
+    assert [a.sha256 for a in artifacts] == [hashlib.sha256(c).hexdigest() for c in contents]
+    assert [a.size for a in artifacts] == [len(c) for c in contents]
+    assert all(store.get(a.sha256) == c for a, c in zip(artifacts, contents, strict=True))
+    files = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    assert files == sorted({a.sha256 for a in artifacts})  # no temporary files, the repeated one once
+
+
+def test_a_failure_while_storing_several_leaves_no_partial_file(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    good, bad = b"the first letter", b"the second letter"
+    blocked = hashlib.sha256(bad).hexdigest()[:2]
+    assert blocked != hashlib.sha256(good).hexdigest()[:2]
+    (tmp_path / blocked).write_bytes(b"")  # a file where the second one's directory must go
+    with pytest.raises(NotADirectoryError):
+        store.put_many([good, bad])
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == [blocked]
+    with pytest.raises(ArtifactMissing):
+        store.get(hashlib.sha256(good).hexdigest())
