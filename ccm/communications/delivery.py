@@ -207,7 +207,7 @@ class Deliverer:
                     chunk.statuses[delivery_id] = status  # finished, or in another worker's hands
             jobs = self._jobs(session, plain)
 
-        ready: list[tuple[_Job, ChannelAdapter, Envelope, _Fresh]] = []
+        made: list[tuple[_Job, ChannelAdapter, Envelope, Prepared]] = []
         for index, job in enumerate(jobs):
             if time.monotonic() > deadline:
                 chunk.again.extend(j.delivery.id for j in jobs[index:])
@@ -219,9 +219,18 @@ class Deliverer:
             adapter = self.adapters[channel]
             try:
                 envelope = self._envelope(job, channel)
-                ready.append((job, adapter, envelope, self._prepare(adapter, envelope)))
+                made.append((job, adapter, envelope, adapter.prepare(envelope)))
             except Exception:  # noqa: BLE001  # found again, and recorded as it should be, by deliver()
                 chunk.one_by_one.append(job.delivery.id)
+        try:
+            stored = self._store([output for *_, output in made])
+        except Exception:  # noqa: BLE001  # deliver() stores each again, and records a failure as it should
+            chunk.one_by_one.extend(job.delivery.id for job, *_ in made)
+            made, stored = [], []
+        ready = [
+            (job, adapter, envelope, fresh)
+            for (job, adapter, envelope, _), fresh in zip(made, stored, strict=True)
+        ]
 
         claimed: list[tuple[str, ChannelAdapter, Envelope, Prepared | _Stored]] = []
         if ready:
@@ -293,26 +302,35 @@ class Deliverer:
 
     def _prepare(self, adapter: ChannelAdapter, envelope: Envelope) -> _Fresh:
         """The channel's output and its attachments, stored (content-addressed) but not yet logged."""
-        prepared = adapter.prepare(envelope)
-        artifact = self.artifacts.put(prepared.content)
-        attachments = []
-        for attachment in prepared.attachments:
-            stored_attachment = self.artifacts.put(attachment.content)
-            attachments.append(
+        return self._store([adapter.prepare(envelope)])[0]
+
+    def _store(self, outputs: Sequence[Prepared]) -> list[_Fresh]:
+        """Outputs and their attachments kept in the artifact store together, in order; not yet logged."""
+        contents = [output.content for output in outputs]
+        contents += [attachment.content for output in outputs for attachment in output.attachments]
+        artifacts = self.artifacts.put_many(contents)
+        stored_attachments = iter(artifacts[len(outputs) :])
+        fresh = []
+        for output, artifact in zip(outputs, artifacts, strict=False):
+            attachments = [
                 {
                     "filename": attachment.filename,
                     "media_type": attachment.media_type,
-                    "sha256": stored_attachment.sha256,
-                    "size": stored_attachment.size,
+                    "sha256": stored.sha256,
+                    "size": stored.size,
                     "pages": attachment.pages,
                 }
+                for attachment, stored in zip(output.attachments, stored_attachments, strict=False)
+            ]
+            details = {**output.details, **({"attachments": attachments} if attachments else {})}
+            fresh.append(
+                _Fresh(
+                    Prepared(output.content, output.media_type, details, output.attachments),
+                    artifact.sha256,
+                    artifact.size,
+                )
             )
-        details = {**prepared.details, **({"attachments": attachments} if attachments else {})}
-        return _Fresh(
-            Prepared(prepared.content, prepared.media_type, details, prepared.attachments),
-            artifact.sha256,
-            artifact.size,
-        )
+        return fresh
 
     def _claim(self, delivery_id: str, fresh: _Fresh | None) -> Prepared | _Stored | DeliveryStatus:
         """Reserve a pending delivery for this worker for CCM_DELIVERY_LEASE seconds, so that two workers

@@ -48,6 +48,10 @@ def _start(settings: Settings, database_url: str) -> None:
     _deliverer = make_deliverer(database, settings, make_engine(database, settings))
 
 
+def _ready() -> None:
+    """Nothing: submitted to start a process (and its initializer) ahead of the first chunk."""
+
+
 def _deliver_chunk(delivery_ids: list[str]) -> Chunk:
     if _deliverer is None:  # pragma: no cover - the initializer always ran
         raise RuntimeError("the delivery process was not started")
@@ -55,9 +59,9 @@ def _deliver_chunk(delivery_ids: list[str]) -> Chunk:
 
 
 class DeliveryProcesses:
-    """CCM_DELIVERY_PROCESSES processes, each started when a chunk first needs it, each in an executor of
-    its own: a process that dies takes only its own chunk with it (an executor whose process dies stops all
-    of its others), and is replaced."""
+    """CCM_DELIVERY_PROCESSES processes, started when a batch arrives (or a chunk first needs one), each in
+    an executor of its own: a process that dies takes only its own chunk with it (an executor whose process
+    dies stops all of its others), and is replaced."""
 
     def __init__(self, settings: Settings, count: int, database_url: str) -> None:
         self._settings = settings
@@ -67,6 +71,13 @@ class DeliveryProcesses:
         self._free: queue.Queue[int] = queue.Queue()
         for slot in range(count):
             self._free.put(slot)
+
+    def start(self) -> None:
+        """Start every process not yet running, without waiting: a process takes a couple of seconds to
+        import and set up what it delivers with, better spent while a batch is being read than by its
+        first chunk."""
+        for slot in range(len(self._pools)):
+            self._executor(slot)
 
     def _executor(self, slot: int) -> ProcessPoolExecutor:
         with self._lock:
@@ -78,6 +89,7 @@ class DeliveryProcesses:
                     initializer=_start,
                     initargs=(self._settings, self._database_url),
                 )
+                pool.submit(_ready)  # an executor starts its process on the first submit
             return pool
 
     def _replace(self, slot: int, pool: ProcessPoolExecutor) -> None:

@@ -147,6 +147,11 @@ class Runtime:
             deliver_chunk=self._processes.deliver_many if self._processes is not None else None,
         )
 
+    def expect_chunks(self) -> None:
+        """A batch is arriving: have the delivery processes ready for its chunks."""
+        if self._processes is not None:
+            self._processes.start()
+
     def close(self) -> None:
         """After the worker has stopped: stop the delivery processes."""
         if self._processes is not None:
