@@ -24,7 +24,7 @@ from ccm.communications import service as communications
 from ccm.communications.models import Delivery
 from ccm.communications.status import DeliveryStatus
 from ccm.config import Settings
-from ccm.customers.unsubscribe import signing_secret
+from ccm.customers.unsubscribe import timed_tokens
 from ccm.db import utcnow
 from ccm.errors import CCMError, NotFound
 
@@ -55,7 +55,7 @@ class LinkExpired(CCMError):
 
 
 def _serializer(settings: Settings) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(signing_secret(settings), salt=_SALT)
+    return timed_tokens(settings, _SALT)
 
 
 def portal_token(settings: Settings, *, external_id: str) -> str:
