@@ -292,7 +292,7 @@ class Deliverer:
         with self.database.transaction() as session, audit.batched(session):
             ids = [delivery_id for delivery_id, *_ in sent] + list(release)
             rows = service.lock_deliveries(session, ids)
-            held = service.Held.lock(session, {row.communication_id for row in rows.values()})
+            held = service.Held.lock(session, rows.values())
             for delivery_id, result, prepared in sent:
                 chunk.statuses[delivery_id] = self._record_sent(
                     session, rows[delivery_id], result, prepared, held=held

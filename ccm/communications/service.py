@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from ccm import audit
 from ccm.channels import Channel
@@ -620,23 +620,29 @@ class Held:
     deliveries: dict[str, list[Delivery]]
 
     @classmethod
-    def lock(cls, session: Session, communication_ids: Iterable[str]) -> Held:
-        """Lock the communications (after their deliveries, as move() does) and read their deliveries."""
-        ids = sorted(set(communication_ids))
+    def lock(cls, session: Session, locked: Iterable[Delivery]) -> Held:
+        """Lock the communications of deliveries the caller has locked (after their deliveries, as move()
+        does) and read their other deliveries. What a status change does not read (the data, the workflow's
+        decision) is left in the database, loaded only if asked for."""
+        known = {delivery.id: delivery for delivery in locked}
+        ids = sorted({delivery.communication_id for delivery in known.values()})
         communications = {
             c.id: c
             for c in session.scalars(
                 select(Communication)
                 .where(Communication.id.in_(ids))
+                .options(defer(Communication.data), defer(Communication.decision))
                 .order_by(Communication.id)
                 .with_for_update()
             )
         }
+        others = session.scalars(
+            select(Delivery).where(Delivery.communication_id.in_(ids), Delivery.id.not_in(known))
+        )
         deliveries: dict[str, list[Delivery]] = {i: [] for i in communications}
-        for delivery in session.scalars(
-            select(Delivery).where(Delivery.communication_id.in_(ids)).order_by(Delivery.created_at)
-        ):
-            deliveries[delivery.communication_id].append(delivery)
+        for delivery in sorted([*known.values(), *others], key=lambda d: d.created_at):
+            if delivery.communication_id in deliveries:
+                deliveries[delivery.communication_id].append(delivery)
         return cls(communications, deliveries)
 
 
