@@ -44,7 +44,11 @@ def _warm_templates(database: Database, engine: TemplateEngine) -> None:
     log.info("compiled %d live template versions", count)
 
 
-def create_app(settings: Settings | None = None, *, database: Database | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, database: Database | None = None, start_processes: bool = False
+) -> FastAPI:
+    """`start_processes`: start the delivery processes (embedded mode) with the app, as `ccm serve` does,
+    rather than when the first batch arrives."""
     settings = settings or get_settings()
     database = database or Database(settings.resolved_database_url)
 
@@ -62,6 +66,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
             worker.start()
             relay = RelayLoop(app.state.runtime.pipeline(), settings.relay_interval)
             relay.start()
+            if start_processes:
+                await anyio.to_thread.run_sync(app.state.runtime.start_processes)
         try:
             yield
         finally:

@@ -81,7 +81,9 @@ def serve(
     settings = _settings()
     _configure_logging(settings)
     _upgrade(settings)
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+    uvicorn.run(
+        create_app(settings, start_processes=True), host=host, port=port, log_config=None, access_log=False
+    )
 
 
 @app.command()

@@ -59,9 +59,9 @@ def _deliver_chunk(delivery_ids: list[str]) -> Chunk:
 
 
 class DeliveryProcesses:
-    """CCM_DELIVERY_PROCESSES processes, started when a batch arrives (or a chunk first needs one), each in
-    an executor of its own: a process that dies takes only its own chunk with it (an executor whose process
-    dies stops all of its others), and is replaced."""
+    """CCM_DELIVERY_PROCESSES processes, started with `ccm serve` (otherwise when a batch arrives, or a
+    chunk first needs one), each in an executor of its own: a process that dies takes only its own chunk
+    with it (an executor whose process dies stops all of its others), and is replaced."""
 
     def __init__(self, settings: Settings, count: int, database_url: str) -> None:
         self._settings = settings
@@ -73,9 +73,9 @@ class DeliveryProcesses:
             self._free.put(slot)
 
     def start(self) -> None:
-        """Start every process not yet running, without waiting: a process takes a couple of seconds to
-        import and set up what it delivers with, better spent while a batch is being read than by its
-        first chunk."""
+        """Start every process not yet running, without waiting: a process takes a couple of seconds of CPU
+        to import and set up what it delivers with, better spent before a batch comes than by its first
+        chunk."""
         for slot in range(len(self._pools)):
             self._executor(slot)
 

@@ -241,7 +241,7 @@ async def create_batch(
     batch_id = await anyio.to_thread.run_sync(
         functools.partial(batches.start, database, format=form, template=template, actor=principal.actor)
     )
-    await anyio.to_thread.run_sync(request.app.state.runtime.expect_chunks)
+    await anyio.to_thread.run_sync(request.app.state.runtime.start_processes)
     stream = request.stream().__aiter__()
 
     async def next_chunk() -> bytes | None:

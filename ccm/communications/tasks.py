@@ -147,8 +147,9 @@ class Runtime:
             deliver_chunk=self._processes.deliver_many if self._processes is not None else None,
         )
 
-    def expect_chunks(self) -> None:
-        """A batch is arriving: have the delivery processes ready for its chunks."""
+    def start_processes(self) -> None:
+        """Start the delivery processes not yet running (without waiting for them to be ready): when the
+        server starts, and again when a batch arrives (one may have been stopped)."""
         if self._processes is not None:
             self._processes.start()
 

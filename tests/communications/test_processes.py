@@ -9,9 +9,13 @@ import signal
 import time
 from concurrent.futures.process import BrokenProcessPool
 
+from fastapi.testclient import TestClient
+
+from ccm.app import create_app
 from ccm.channels import Channel
 from ccm.communications.processes import DeliveryProcesses
 from ccm.communications.status import DeliveryStatus
+from ccm.config import Settings
 from ccm.db import Database
 from tests.channels.smtp_sink import SmtpSink
 from tests.communications.conftest import Sender, sample
@@ -52,3 +56,19 @@ def test_a_chunk_is_delivered_in_another_process_and_a_killed_one_is_replaced(
     finally:
         processes.close()
     assert len(sink.handler.messages) == 5
+
+
+def test_the_server_starts_its_delivery_processes_with_it_and_stops_them_with_it(
+    settings: Settings, database: Database
+) -> None:
+    """`ccm serve` starts them at start-up (create_app(start_processes=True)), so that a batch's first
+    chunk does not wait for a process to import and set up; they end with the app."""
+    before = set(multiprocessing.active_children())
+    two = settings.model_copy(update={"delivery_processes": 2})
+    with TestClient(create_app(two, database=database, start_processes=True)):
+        deadline = time.monotonic() + 30
+        while len(started := set(multiprocessing.active_children()) - before) < 2:
+            assert time.monotonic() < deadline, "the delivery processes did not start"
+            time.sleep(0.05)
+        assert all(process.is_alive() for process in started)
+    assert not any(process.is_alive() for process in started)
