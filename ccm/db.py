@@ -62,6 +62,9 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 JSONDocument = JSON().with_variant(JSONB(), "postgresql")
 
 
+WAL_CHECKPOINT_PAGES = 10_000
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
@@ -72,6 +75,10 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=30000")
+        # Copy the log into the database every 10,000 pages (40 MB) rather than SQLite's 1,000: a busy
+        # pipeline rewrites the same index pages in one commit after another, and each copy writes them
+        # again and syncs the file; ten times fewer copies took a tenth off the machine's CPU an email.
+        cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
