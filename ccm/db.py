@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 import sqlite3
 import threading
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: SQLite's own busy handler between processes
+    fcntl = None  # type: ignore[assignment]
 
 from sqlalchemy import JSON, Connection, DateTime, Engine, MetaData, create_engine, event, text
 from sqlalchemy.dialects.postgresql import JSONB
@@ -110,26 +117,66 @@ def background_writes() -> Iterator[None]:
 
 
 class WriteLock:
-    """One SQLite database's write lock inside this process, taken before BEGIN IMMEDIATE and handed
-    straight to the next waiting thread.
+    """One SQLite database's write lock, taken before BEGIN IMMEDIATE and handed straight to the next
+    waiting thread, then to the next waiting process.
 
     SQLite itself makes a second writer poll: its busy handler sleeps up to 100 ms between tries, and
     whoever happens to try just after a commit wins, so under load some writers wait seconds while others
-    pass straight through. Queued here instead, a writer starts the moment the one before it commits, in the
-    order they came; an API request waiting goes before background work (background_writes), except that
-    every BACKGROUND_TURN-th hand-over goes to the background, so a steady stream of requests cannot starve
-    the worker. Other processes (the CLI, a second server) still meet SQLite's own lock and busy timeout."""
+    pass straight through, and the database sits unused while they sleep. Queued here instead, a writer
+    starts the moment the one before it commits. Inside a process, in the order they came; an API request
+    waiting goes before background work (background_writes), except that every BACKGROUND_TURN-th
+    hand-over goes to the background, so a steady stream of requests cannot starve the worker. Between
+    processes (`ccm serve` and its delivery processes, the CLI, a second server on the same file), the
+    holder also holds an exclusive flock on a file beside the database (`<database>-writer`), which the
+    kernel hands to a waiting process the moment it is let go, and lets go of itself when its process
+    dies. Anything else writing the file still meets SQLite's own lock and busy timeout."""
 
     BACKGROUND_TURN = 4
 
-    def __init__(self) -> None:
+    def __init__(self, path: str | None = None) -> None:
         self._mutex = threading.Lock()
         self._held = False
         self._waiting: deque[threading.Lock] = deque()
         self._waiting_background: deque[threading.Lock] = deque()
         self._handed_over = 0
+        self._path = f"{path}-writer" if path and fcntl is not None else None
+        self._file: tuple[int, int] | None = None  # (process id, descriptor): a forked child opens its own
 
     def acquire(self, timeout: float) -> bool:
+        if not self._acquire_here(timeout):
+            return False
+        try:
+            self._lock_file()
+        except BaseException:
+            # Interrupted (Dramatiq's time limit raises in the thread), maybe just after the flock was had:
+            # unlocking a flock not held does nothing.
+            with contextlib.suppress(OSError):
+                self._unlock_file()
+            self._release_here()
+            raise
+        return True
+
+    def release(self) -> None:
+        try:
+            self._unlock_file()
+        finally:
+            self._release_here()
+
+    def _lock_file(self) -> None:
+        """Called by the thread holding the lock inside this process, so by one thread at a time. No time
+        limit of its own: the other holders are ccm processes inside a write transaction, which SQLite's
+        busy timeout bounds when something else holds the database."""
+        if self._path is None or fcntl is None:
+            return
+        if self._file is None or self._file[0] != os.getpid():
+            self._file = (os.getpid(), os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        fcntl.flock(self._file[1], fcntl.LOCK_EX)
+
+    def _unlock_file(self) -> None:
+        if self._file is not None and fcntl is not None and self._file[0] == os.getpid():
+            fcntl.flock(self._file[1], fcntl.LOCK_UN)
+
+    def _acquire_here(self, timeout: float) -> bool:
         with self._mutex:
             if not self._held:
                 self._held = True
@@ -157,7 +204,7 @@ class WriteLock:
                 return True  # handed over between the timeout and now: ours after all
             return False
 
-    def release(self) -> None:
+    def _release_here(self) -> None:
         with self._mutex:
             self._hand_over()
 
@@ -177,10 +224,10 @@ _write_locks: dict[str, WriteLock] = {}
 _write_locks_guard = threading.Lock()
 
 
-def _write_lock(url: str) -> WriteLock:
+def _write_lock(url: str, path: str | None) -> WriteLock:
     """The lock of one database file, shared by every Database object of this process that opens it."""
     with _write_locks_guard:
-        return _write_locks.setdefault(url, WriteLock())
+        return _write_locks.setdefault(url, WriteLock(path))
 
 
 def make_engine(url: str) -> Engine:
@@ -194,13 +241,23 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, hide_parameters=True)
 
 
+def _database_file(engine: Engine) -> str | None:
+    """The SQLite database's file, or None for one in memory."""
+    name = engine.url.database
+    if not name or name == ":memory:" or name.startswith("file:"):
+        return None
+    return os.path.abspath(name)
+
+
 class Database:
     """The engine plus two session factories: read-write (the default) and read-only."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
-        self._write_lock = _write_lock(url) if self.engine.dialect.name == "sqlite" else None
+        self._write_lock = (
+            _write_lock(url, _database_file(self.engine)) if self.engine.dialect.name == "sqlite" else None
+        )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(
             self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False

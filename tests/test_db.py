@@ -1,8 +1,12 @@
-"""SQLite writers queue in the process (ccm.db.WriteLock) instead of polling SQLite's busy handler."""
+"""SQLite writers queue (ccm.db.WriteLock), in the process and between processes, instead of polling SQLite's
+busy handler."""
 
 from __future__ import annotations
 
 import ctypes
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +18,8 @@ from sqlalchemy.exc import OperationalError
 
 from ccm import db as ccm_db
 from ccm.db import Database, WriteLock, background_writes
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -187,5 +193,76 @@ def test_a_writer_interrupted_as_the_lock_reaches_it_hands_it_on(tmp_path: Path)
         assert caught
         assert lock.acquire(1.0)  # free again, not held by a thread that is gone
         lock.release()
+    finally:
+        database.dispose()
+
+
+_HOLD_A_WRITE = """
+import sys, time
+from sqlalchemy import text
+from ccm.db import Database
+database = Database(sys.argv[1])
+with database.transaction() as session:
+    session.execute(text("INSERT INTO t VALUES (1)"))
+    print("holding", flush=True)
+    time.sleep(60)
+"""
+
+
+def _writer_file_is_free(path: Path) -> bool:
+    """Whether another process could take the writers' flock now (asked from a process of its own)."""
+    probe = (
+        "import fcntl, os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+        "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(1)\n"
+    )
+    return subprocess.run([sys.executable, "-c", probe, str(path)], check=False).returncode == 0
+
+
+def test_a_write_transaction_holds_the_lock_other_processes_queue_on(tmp_path: Path) -> None:
+    """Between processes (ccm serve and its delivery processes, the CLI), writers queue on a flock beside the
+    database, handed over by the kernel at commit, instead of polling SQLite's busy handler."""
+    path = tmp_path / "shared.db"
+    database = Database(f"sqlite:///{path}")
+    writer_file = Path(f"{path}-writer")
+    try:
+        with database.transaction() as session:
+            session.execute(text("CREATE TABLE t (x INTEGER)"))
+            assert not _writer_file_is_free(writer_file)
+        assert _writer_file_is_free(writer_file)
+        with database.read():
+            assert _writer_file_is_free(writer_file)  # reading takes no write lock
+    finally:
+        database.dispose()
+
+
+def test_a_process_killed_inside_a_write_leaves_the_database_writable(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'killed.db'}"
+    database = Database(url)
+    try:
+        with database.transaction() as session:
+            session.execute(text("CREATE TABLE t (x INTEGER)"))
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_A_WRITE, url], stdout=subprocess.PIPE, text=True, cwd=ROOT
+        )
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline().strip() == "holding"
+            holder.send_signal(signal.SIGKILL)  # out of memory, kill -9: no commit, no unlock
+        finally:
+            holder.wait(10)
+        done: list[bool] = []
+
+        def write() -> None:
+            with database.transaction() as session:
+                session.execute(text("INSERT INTO t VALUES (2)"))
+            done.append(True)
+
+        thread = threading.Thread(target=write, daemon=True)
+        thread.start()
+        thread.join(10)
+        assert done, "the write still waits on a dead process's lock"
+        with database.read() as session:
+            assert session.execute(text("SELECT x FROM t")).scalars().all() == [2]  # its row rolled back
     finally:
         database.dispose()
