@@ -152,22 +152,23 @@ def customer_out(session: Session, customer: Customer) -> CustomerOut:
     return _customer_out(customer, _consents(session, customer))
 
 
-def profile_out(customer: Customer) -> CustomerOut:
-    """The profile without its consents: what a template sees of a customer."""
-    return _customer_out(customer, [])
+def address_of(customer: Customer) -> dict[str, str | None] | None:
+    """The stored postal address (checked and normalised when it was saved), or None without one."""
+    if not (customer.address_line1 and customer.address_city and customer.address_country):
+        return None
+    return {
+        "line1": customer.address_line1,
+        "line2": customer.address_line2,
+        "city": customer.address_city,
+        "region": customer.address_region,
+        "postal_code": customer.address_postal_code,
+        "country": customer.address_country,
+    }
 
 
 def _customer_out(customer: Customer, consents: list[Consent]) -> CustomerOut:
-    address = None
-    if customer.address_line1 and customer.address_city and customer.address_country:
-        address = Address(
-            line1=customer.address_line1,
-            line2=customer.address_line2,
-            city=customer.address_city,
-            region=customer.address_region,
-            postal_code=customer.address_postal_code,
-            country=customer.address_country,
-        )
+    stored = address_of(customer)
+    address = Address.model_validate(stored) if stored is not None else None
     return CustomerOut.model_validate(
         {
             "external_id": customer.external_id,

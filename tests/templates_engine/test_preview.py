@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,34 @@ def test_preview_for_a_stored_or_an_inline_customer(studio: Studio, admin: dict[
         "/v1/templates/reminder/preview", json={"customer": "NOPE"}, headers=studio.author
     )
     assert unknown.status_code == 404
+
+
+def test_a_template_sees_the_customer_the_api_shows(studio: Studio, admin: dict[str, str]) -> None:
+    """`customer` in a template is the stored profile's public fields, exactly as GET /v1/customers/{id}
+    gives them (address normalised, attributes as saved), without the consents."""
+    profile = {
+        "name": "Zoë O'Brien",
+        "email": "Zoe.OBrien@Example.IE",
+        "phone": "+353 1 555 0100",
+        "locale": "en-IE",
+        "timezone": "Europe/Dublin",
+        "address": {"line1": " 1 Quay St ", "city": "Galway", "postal_code": " H91 ", "country": "ie"},
+        "attributes": {"tier": "gold", "since": 2019, "tags": ["a", "é"], "nested": {"x": None}},
+    }
+    assert studio.client.put("/v1/customers/C-9", json=profile, headers=admin).status_code in (200, 201)
+    shown = studio.client.get("/v1/customers/C-9", headers=admin).json()
+    studio.create("echo")
+    studio.draft(
+        "echo",
+        {"parts": {"sms": {"body": "{{ customer|tojson }}"}}, "sample_data": {}},
+    )
+    seen = studio.client.post(
+        "/v1/templates/echo/preview", json={"customer": "C-9"}, headers=studio.author
+    ).json()["parts"]["sms"]["body"]
+    fields = ("external_id", "name", "email", "phone", "locale", "timezone", "address", "attributes")
+    assert json.loads(seen) == {name: shown[name] for name in fields}
+    assert shown["address"]["country"] == "IE"  # normalised on save, and seen so
+    assert shown["address"]["line1"] == "1 Quay St"
 
 
 def test_sms_encoding_and_segments(studio: Studio) -> None:
