@@ -201,6 +201,31 @@ def _reply_error(code: int, reply: bytes | str, what: str) -> TransientDeliveryE
     return PermanentDeliveryError(message, provider_code=str(code))
 
 
+def _transaction(connection: smtplib.SMTP, sender: str, recipient: str, mime: bytes) -> None:
+    """One message: smtplib's sendmail() for one recipient, raising the same errors, without parsing both
+    addresses again for every message (the sender is parsed once; the recipient was checked when it was
+    saved and by build_mime)."""
+    if any(c in "<>\r\n" for c in sender + recipient):
+        raise PermanentDeliveryError("an address with angle brackets or a line break is refused")
+    connection.ehlo_or_helo_if_needed()
+    size = f" SIZE={len(mime)}" if connection.does_esmtp and connection.has_extn("size") else ""
+    code, reply = connection.docmd("MAIL", f"FROM:<{sender}>{size}")
+    if code != 250:
+        if code == 421:
+            connection.close()
+        raise smtplib.SMTPSenderRefused(code, reply, sender)
+    code, reply = connection.docmd("RCPT", f"TO:<{recipient}>")
+    if code not in (250, 251):
+        if code == 421:
+            connection.close()
+        raise smtplib.SMTPRecipientsRefused({recipient: (code, reply)})
+    code, reply = connection.data(mime)
+    if code != 250:
+        if code == 421:
+            connection.close()
+        raise smtplib.SMTPDataError(code, reply)
+
+
 class SmtpTransport:
     """SMTP with one connection per worker thread, reused across sends and reopened after it drops."""
 
@@ -264,7 +289,7 @@ class SmtpTransport:
             if connection is None:
                 connection = self._open()
                 self._local.connection = connection
-            connection.sendmail(sender, [recipient], mime)
+            _transaction(connection, _parsed_sender(sender)[1] or sender, recipient, mime)
         except smtplib.SMTPRecipientsRefused as exc:
             code, reply = exc.recipients.get(recipient, (550, b"refused"))
             self._reset(connection)
