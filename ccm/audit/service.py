@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Integer, String, Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from ccm.audit.models import GENESIS_HASH, AuditChainHead, AuditEvent
@@ -138,6 +138,14 @@ class NewEvent:
 
 _EVENTS = cast(Table, AuditEvent.__table__)
 _HEAD = cast(Table, AuditChainHead.__table__)
+# Built once: every transaction that logs runs these, and building a statement costs more than running it.
+_READ_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == CHAIN_HEAD_ID).with_for_update()
+_INSERT_EVENTS = insert(_EVENTS)
+_MOVE_HEAD = (
+    update(_HEAD)
+    .where(_HEAD.c.id == CHAIN_HEAD_ID)
+    .values(seq=bindparam("seq", type_=Integer), hash=bindparam("hash", type_=String))
+)
 
 
 def append_many(session: Session, events: list[NewEvent]) -> None:
@@ -145,9 +153,7 @@ def append_many(session: Session, events: list[NewEvent]) -> None:
     from the database each time: never chained onto a head this session read earlier."""
     if not events:
         return
-    seq, previous = session.execute(
-        select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == CHAIN_HEAD_ID).with_for_update()
-    ).one()
+    seq, previous = session.execute(_READ_HEAD).one()
     occurred_at = format_timestamp(utcnow())
     rows = []
     for event in events:
@@ -177,8 +183,8 @@ def append_many(session: Session, events: list[NewEvent]) -> None:
             }
         )
         previous = digest
-    session.execute(insert(_EVENTS), rows)
-    session.execute(update(_HEAD).where(_HEAD.c.id == CHAIN_HEAD_ID).values(seq=seq, hash=previous))
+    session.execute(_INSERT_EVENTS, rows)
+    session.execute(_MOVE_HEAD, {"seq": seq, "hash": previous})
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import BindParameter, bindparam, select
 from sqlalchemy.orm import Session, defer
 
 from ccm import audit
@@ -548,8 +548,24 @@ def get_delivery(session: Session, delivery_id: str, *, for_update: bool = False
 def lock_deliveries(session: Session, delivery_ids: Iterable[str]) -> dict[str, Delivery]:
     """Several deliveries locked for update, in the order of their ids: the order every lock on more than
     one delivery takes (a chunk's claim and record, a cancel), so that two never wait on each other."""
-    query = select(Delivery).where(Delivery.id.in_(set(delivery_ids))).order_by(Delivery.id).with_for_update()
-    return {delivery.id: delivery for delivery in session.scalars(query)}
+    return {
+        delivery.id: delivery for delivery in session.scalars(_LOCK_DELIVERIES, {"ids": set(delivery_ids)})
+    }
+
+
+# Built once (they run in every chunk's transactions; building a statement costs more than running it).
+_IDS: BindParameter[Any] = bindparam("ids", expanding=True)
+_LOCK_DELIVERIES = select(Delivery).where(Delivery.id.in_(_IDS)).order_by(Delivery.id).with_for_update()
+_LOCK_COMMUNICATIONS = (
+    select(Communication)
+    .where(Communication.id.in_(_IDS))
+    .options(defer(Communication.data), defer(Communication.decision))
+    .order_by(Communication.id)
+    .with_for_update()
+)
+_OTHER_DELIVERIES = select(Delivery).where(
+    Delivery.communication_id.in_(_IDS), Delivery.id.not_in(bindparam("known", expanding=True))
+)
 
 
 def deliveries_of(session: Session, communication_id: str) -> list[Delivery]:
@@ -626,19 +642,8 @@ class Held:
         decision) is left in the database, loaded only if asked for."""
         known = {delivery.id: delivery for delivery in locked}
         ids = sorted({delivery.communication_id for delivery in known.values()})
-        communications = {
-            c.id: c
-            for c in session.scalars(
-                select(Communication)
-                .where(Communication.id.in_(ids))
-                .options(defer(Communication.data), defer(Communication.decision))
-                .order_by(Communication.id)
-                .with_for_update()
-            )
-        }
-        others = session.scalars(
-            select(Delivery).where(Delivery.communication_id.in_(ids), Delivery.id.not_in(known))
-        )
+        communications = {c.id: c for c in session.scalars(_LOCK_COMMUNICATIONS, {"ids": ids})}
+        others = session.scalars(_OTHER_DELIVERIES, {"ids": ids, "known": list(known)})
         deliveries: dict[str, list[Delivery]] = {i: [] for i in communications}
         for delivery in sorted([*known.values(), *others], key=lambda d: d.created_at):
             if delivery.communication_id in deliveries:
