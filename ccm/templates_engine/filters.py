@@ -57,16 +57,22 @@ def money(context: Context, value: Any, currency: str, accounting: bool = False)
     amount = _decimal(value, "money")
     style: Literal["standard", "accounting"] = "accounting" if accounting else "standard"
     try:
-        return _currency(amount, currency.upper(), _locale(context), style)
+        return _currency(str(amount), currency.upper(), _locale(context), style)
     except (numbers.UnknownCurrencyFormatError, ValueError) as exc:
         raise FilterInputError(f"money: {exc}") from None
 
 
 # Formatting is pure, and Babel takes 20-30 us for an amount: a message shows the same amount or date more
 # than once (a subject and a body), and a batch's messages often share a due date.
+# Keyed on the amount's text: -0 and 0 are equal Decimals that Babel formats differently.
 @functools.lru_cache(maxsize=4096)
-def _currency(amount: decimal.Decimal, currency: str, locale: Locale | str, style: str) -> str:
-    return numbers.format_currency(amount, currency, locale=locale, format_type=style)  # type: ignore[arg-type]
+def _currency(amount: str, currency: str, locale: Locale | str, style: str) -> str:
+    return numbers.format_currency(
+        decimal.Decimal(amount),
+        currency,
+        locale=locale,
+        format_type=style,  # type: ignore[arg-type]
+    )
 
 
 @functools.lru_cache(maxsize=4096)

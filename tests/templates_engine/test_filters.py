@@ -68,3 +68,14 @@ def test_a_bad_value_is_a_readable_problem() -> None:
     with pytest.raises(AssertionError, match="date: expected an ISO 8601 date"):
         render("{{ 'next tuesday'|date }}")
     assert FilterInputError.__mro__[1] is ValueError
+
+
+def test_an_amount_is_formatted_the_same_whatever_was_formatted_before() -> None:
+    """Formatting is memoised: -0 and 0 are equal numbers that print differently, and each keeps its own."""
+    assert render("{{ data.a|money('GBP') }} {{ data.b|money('GBP') }}", data={"a": -0.0, "b": 0}) == (
+        "-£0.00 £0.00"
+    )
+    assert render("{{ data.b|money('GBP') }} {{ data.a|money('GBP') }}", data={"a": -0.0, "b": 0}) == (
+        "£0.00 -£0.00"
+    )
+    assert render("{{ data.a|money('GBP') }}", data={"a": "1.50"}) == render("{{ 1.5|money('GBP') }}")
