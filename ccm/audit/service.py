@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Integer, String, Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from ccm.audit.models import GENESIS_HASH, AuditChainHead, AuditEvent
@@ -144,7 +144,7 @@ _INSERT_EVENTS = insert(_EVENTS)
 _MOVE_HEAD = (
     update(_HEAD)
     .where(_HEAD.c.id == CHAIN_HEAD_ID)
-    .values(seq=bindparam("seq", type_=Integer), hash=bindparam("hash", type_=String))
+    .values(seq=bindparam("seq", type_=_HEAD.c.seq.type), hash=bindparam("hash", type_=_HEAD.c.hash.type))
 )
 
 
