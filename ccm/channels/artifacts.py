@@ -10,6 +10,7 @@ import re
 import tempfile
 import threading
 from collections.abc import Sequence
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,11 @@ def _fsync_all(handles: Sequence[int]) -> None:
     with _syncing_lock:
         if _syncing is None:
             _syncing = ThreadPoolExecutor(_SYNC_THREADS, thread_name_prefix="ccm-fsync")
-    for _ in _syncing.map(os.fsync, handles):
-        pass
+    # Every one finished before returning, even when one fails: the caller closes the files next.
+    pending = [_syncing.submit(os.fsync, handle) for handle in handles]
+    futures.wait(pending)
+    for done in pending:
+        done.result()
 
 
 class ArtifactError(Exception):
