@@ -66,9 +66,9 @@ def create_app(
             worker.start()
             relay = RelayLoop(app.state.runtime.pipeline(), settings.relay_interval)
             relay.start()
+        try:
             if start_processes:
                 await anyio.to_thread.run_sync(app.state.runtime.start_processes)
-        try:
             yield
         finally:
             if relay is not None:

@@ -238,10 +238,10 @@ async def create_batch(
         raise UnsupportedMediaType("send application/x-ndjson (one trigger per line) or text/csv")
     columns = batches.parse_mapping(mapping)
     schema = await anyio.to_thread.run_sync(batches.template_schema, database, template) if template else {}
+    await anyio.to_thread.run_sync(request.app.state.runtime.start_processes)
     batch_id = await anyio.to_thread.run_sync(
         functools.partial(batches.start, database, format=form, template=template, actor=principal.actor)
     )
-    await anyio.to_thread.run_sync(request.app.state.runtime.start_processes)
     stream = request.stream().__aiter__()
 
     async def next_chunk() -> bytes | None:
