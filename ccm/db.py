@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import os
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -99,6 +101,7 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 SQLITE_LOCK_TIMEOUT = 30.0
+log = logging.getLogger(__name__)
 
 
 _background = threading.local()
@@ -127,9 +130,10 @@ class WriteLock:
     waiting goes before background work (background_writes), except that every BACKGROUND_TURN-th
     hand-over goes to the background, so a steady stream of requests cannot starve the worker. Between
     processes (`ccm serve` and its delivery processes, the CLI, a second server on the same file), the
-    holder also holds an exclusive flock on a file beside the database (`<database>-writer`), which the
-    kernel hands to a waiting process the moment it is let go, and lets go of itself when its process
-    dies. Anything else writing the file still meets SQLite's own lock and busy timeout."""
+    holder also holds an exclusive flock on a file beside the database (`<database>-writer`), which a
+    waiting process tries for every 0.2-2 ms (SQLite's busy handler sleeps 1 to 100 ms between tries) and
+    which the kernel lets go of when its process dies. Anything else writing the file still meets SQLite's
+    own lock and busy timeout."""
 
     BACKGROUND_TURN = 4
 
@@ -143,10 +147,13 @@ class WriteLock:
         self._file: tuple[int, int] | None = None  # (process id, descriptor): a forked child opens its own
 
     def acquire(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
         if not self._acquire_here(timeout):
             return False
         try:
-            self._lock_file()
+            if not self._lock_file(deadline):
+                self._release_here()
+                return False
         except BaseException:
             # Interrupted (Dramatiq's time limit raises in the thread), maybe just after the flock was had:
             # unlocking a flock not held does nothing.
@@ -162,15 +169,53 @@ class WriteLock:
         finally:
             self._release_here()
 
-    def _lock_file(self) -> None:
-        """Called by the thread holding the lock inside this process, so by one thread at a time. No time
-        limit of its own: the other holders are ccm processes inside a write transaction, which SQLite's
-        busy timeout bounds when something else holds the database."""
+    def _lock_file(self, deadline: float) -> bool:
+        """Called by the thread holding the lock inside this process, so by one thread at a time. Tried
+        without blocking, then again after a short sleep (0.2 ms, doubling to 2 ms) until `deadline`: a
+        blocking flock could not be given up, nor interrupted by a worker's time limit."""
         if self._path is None or fcntl is None:
-            return
+            return True
         if self._file is None or self._file[0] != os.getpid():
-            self._file = (os.getpid(), os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        fcntl.flock(self._file[1], fcntl.LOCK_EX)
+            handle = self._open_file(self._path)
+            if handle is None:
+                return True
+            self._file = (os.getpid(), handle)
+        pause = 0.0002
+        while True:
+            try:
+                fcntl.flock(self._file[1], fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(pause)
+                pause = min(pause * 2, 0.002)
+
+    def _open_file(self, path: str) -> int | None:
+        """The lock file, with the database's permissions and (as root) its owner, as SQLite gives its -wal
+        and -shm files; None, and a warning, when it cannot be opened (writers in other processes then
+        meet SQLite's own lock, as before)."""
+        database = path.removesuffix("-writer")
+        try:
+            stat = os.stat(database)
+        except OSError:
+            stat = None
+        mode = stat.st_mode & 0o666 if stat is not None else 0o600
+        try:
+            handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
+        except OSError as exc:
+            log.warning(
+                "%s cannot be opened (%s): writers in other processes wait on SQLite instead", path, exc
+            )
+            self._path = None
+            return None
+        if stat is not None:
+            with contextlib.suppress(OSError):
+                if os.fstat(handle).st_uid == os.geteuid():
+                    os.fchmod(handle, mode)
+                if os.geteuid() == 0:
+                    os.fchown(handle, stat.st_uid, stat.st_gid)
+        return handle
 
     def _unlock_file(self) -> None:
         if self._file is not None and fcntl is not None and self._file[0] == os.getpid():

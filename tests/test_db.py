@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -251,6 +252,8 @@ def test_a_process_killed_inside_a_write_leaves_the_database_writable(tmp_path: 
             holder.send_signal(signal.SIGKILL)  # out of memory, kill -9: no commit, no unlock
         finally:
             holder.wait(10)
+            if holder.stdout is not None:
+                holder.stdout.close()
         done: list[bool] = []
 
         def write() -> None:
@@ -264,5 +267,54 @@ def test_a_process_killed_inside_a_write_leaves_the_database_writable(tmp_path: 
         assert done, "the write still waits on a dead process's lock"
         with database.read() as session:
             assert session.execute(text("SELECT x FROM t")).scalars().all() == [2]  # its row rolled back
+    finally:
+        database.dispose()
+
+
+_HOLD_THE_WRITER_FILE = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("holding", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_writer_kept_waiting_by_another_process_gets_the_database_locked_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Waiting on another process is bounded like waiting on a thread: 'database is locked' (503, retried by
+    callers) after SQLITE_LOCK_TIMEOUT, never a thread stuck for good."""
+    monkeypatch.setattr(ccm_db, "SQLITE_LOCK_TIMEOUT", 0.3)
+    path = tmp_path / "held.db"
+    database = Database(f"sqlite:///{path}")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_THE_WRITER_FILE, f"{path}-writer"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(OperationalError, match="database is locked"), database.transaction() as session:
+            session.execute(text("CREATE TABLE t (x INTEGER)"))
+    finally:
+        holder.kill()
+        holder.wait(10)
+        if holder.stdout is not None:
+            holder.stdout.close()
+    with database.transaction() as session:  # free again once the other process is gone
+        session.execute(text("CREATE TABLE t (x INTEGER)"))
+    database.dispose()
+
+
+def test_the_lock_file_has_the_databases_permissions(tmp_path: Path) -> None:
+    """As SQLite does for its -wal and -shm files: whoever can write the database can take its lock."""
+    path = tmp_path / "shared.db"
+    sqlite3.connect(path).close()
+    path.chmod(0o660)
+    database = Database(f"sqlite:///{path}")
+    try:
+        with database.transaction() as session:
+            session.execute(text("CREATE TABLE t (x INTEGER)"))
+        assert Path(f"{path}-writer").stat().st_mode & 0o777 == 0o660
     finally:
         database.dispose()
