@@ -166,19 +166,28 @@ def address_of(customer: Customer) -> dict[str, str | None] | None:
     }
 
 
+def public_profile(customer: Customer) -> dict[str, Any]:
+    """The profile's public fields as stored (checked and normalised when saved): what a template sees as
+    `customer`, and the API shows with the consents and the rest."""
+    return {
+        "external_id": customer.external_id,
+        "name": customer.name,
+        "email": customer.email,
+        "phone": customer.phone,
+        "locale": customer.locale,
+        "timezone": customer.timezone,
+        "address": address_of(customer),
+        "attributes": customer.attributes,
+    }
+
+
 def _customer_out(customer: Customer, consents: list[Consent]) -> CustomerOut:
-    stored = address_of(customer)
-    address = Address.model_validate(stored) if stored is not None else None
+    profile = public_profile(customer)
+    if profile["address"] is not None:
+        profile["address"] = Address.model_validate(profile["address"])
     return CustomerOut.model_validate(
         {
-            "external_id": customer.external_id,
-            "name": customer.name,
-            "email": customer.email,
-            "phone": customer.phone,
-            "locale": customer.locale,
-            "timezone": customer.timezone,
-            "address": address,
-            "attributes": customer.attributes,
+            **profile,
             "consents": [_consent_out(c) for c in consents],
             "e_delivery": customer.e_delivery,
             "preferred_channels": customer.preferred_channels,

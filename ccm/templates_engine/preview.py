@@ -16,7 +16,7 @@ from ccm.channels.print import LetterTooLarge, letter
 from ccm.channels.sms_segments import count_segments
 from ccm.config import Settings
 from ccm.customers.models import Customer
-from ccm.customers.service import address_of, get_customer
+from ccm.customers.service import get_customer, public_profile
 from ccm.customers.unsubscribe import unsubscribe_url
 from ccm.errors import CCMError, FieldError, InvalidInput
 from ccm.templates_engine import service
@@ -79,18 +79,9 @@ _CUSTOMER_FIELDS = ("external_id", "name", "email", "phone", "locale", "timezone
 
 
 def customer_context(customer: Customer) -> dict[str, Any]:
-    """The `customer` a template sees: the profile's public fields, as stored (they were checked when they
-    were saved; built directly, not through the API's model, for every message of a batch)."""
-    return {
-        "external_id": customer.external_id,
-        "name": customer.name,
-        "email": customer.email,
-        "phone": customer.phone,
-        "locale": customer.locale,
-        "timezone": customer.timezone,
-        "address": address_of(customer),
-        "attributes": customer.attributes,
-    }
+    """The `customer` a template sees: the profile's public fields, as stored (built directly, not through
+    the API's model, for every message of a batch)."""
+    return public_profile(customer)
 
 
 def inline_customer_context(customer: InlineCustomer) -> dict[str, Any]:
