@@ -93,7 +93,9 @@ def get_communication(
     communication_id: CommunicationId, database: DatabaseDep, principal: Reader
 ) -> CommunicationOut:
     """Its status, exact template version, routing decision, deliveries and timeline."""
-    with database.read() as session:
+    # One snapshot: on PostgreSQL, reads in one transaction otherwise each see the latest commit, and a
+    # change committed between them showed its log event without the delivery it changed.
+    with database.snapshot() as session:
         return trigger.communication_out(session, trigger.get(session, communication_id))
 
 
@@ -123,7 +125,7 @@ def list_communications(
         since=since,
         until=until,
     )
-    with database.read() as session:
+    with database.snapshot() as session:
         rows, following = trigger.list_communications(session, where=where, after=after, limit=limit)
         return Page[CommunicationOut](
             items=[trigger.communication_out(session, row, full=False) for row in rows],
