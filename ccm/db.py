@@ -143,7 +143,8 @@ class WriteLock:
         self._waiting: deque[threading.Lock] = deque()
         self._waiting_background: deque[threading.Lock] = deque()
         self._handed_over = 0
-        self._path = f"{path}-writer" if path and fcntl is not None else None
+        self._database = path
+        self._path = f"{path}-writer" if path and fcntl is not None else None  # the lock file
         self._file: tuple[int, int] | None = None  # (process id, descriptor): a forked child opens its own
 
     def acquire(self, timeout: float) -> bool:
@@ -176,7 +177,7 @@ class WriteLock:
         if self._path is None or fcntl is None:
             return True
         if self._file is None or self._file[0] != os.getpid():
-            handle = self._open_file(self._path)
+            handle = self._open_file(self._path, self._database or "")
             if handle is None:
                 return True
             self._file = (os.getpid(), handle)
@@ -191,11 +192,10 @@ class WriteLock:
                 time.sleep(pause)
                 pause = min(pause * 2, 0.002)
 
-    def _open_file(self, path: str) -> int | None:
+    def _open_file(self, path: str, database: str) -> int | None:
         """The lock file, with the database's permissions and (as root) its owner, as SQLite gives its -wal
         and -shm files; None, and a warning, when it cannot be opened (writers in other processes then
         meet SQLite's own lock, as before)."""
-        database = path.removesuffix("-writer")
         try:
             stat = os.stat(database)
         except OSError:

@@ -133,12 +133,17 @@ def test_a_transaction_kept_waiting_is_the_database_locked_error_the_api_answers
         second.dispose()
 
 
-def test_many_threads_writing_at_once_all_commit(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'busy.db'}"
+def _database_with_table(url: str) -> Database:
+    """A database with one table t (x INTEGER) to write to."""
     database = Database(url)
+    with database.transaction() as session:
+        session.execute(text("CREATE TABLE t (x INTEGER)"))
+    return database
+
+
+def test_many_threads_writing_at_once_all_commit(tmp_path: Path) -> None:
+    database = _database_with_table(f"sqlite:///{tmp_path / 'busy.db'}")
     try:
-        with database.transaction() as session:
-            session.execute(text("CREATE TABLE t (x INTEGER)"))
 
         def write(number: int) -> None:
             for index in range(20):
@@ -239,10 +244,8 @@ def test_a_write_transaction_holds_the_lock_other_processes_queue_on(tmp_path: P
 
 def test_a_process_killed_inside_a_write_leaves_the_database_writable(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'killed.db'}"
-    database = Database(url)
+    database = _database_with_table(url)
     try:
-        with database.transaction() as session:
-            session.execute(text("CREATE TABLE t (x INTEGER)"))
         holder = subprocess.Popen(
             [sys.executable, "-c", _HOLD_A_WRITE, url], stdout=subprocess.PIPE, text=True, cwd=ROOT
         )
