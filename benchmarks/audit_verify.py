@@ -26,7 +26,7 @@ from sqlalchemy import insert, select
 from ccm import audit, migrations
 from ccm.audit.models import GENESIS_HASH, AuditChainHead, AuditEvent
 from ccm.audit.service import canonical_json, event_digest, format_timestamp
-from ccm.db import Database
+from ccm.db import STREAM_ROWS, Database
 
 T = TypeVar("T")
 
@@ -86,7 +86,7 @@ def bare_hash_rate(database: Database) -> float:
                 AuditEvent.actor,
                 AuditEvent.payload,
                 AuditEvent.prev_hash,
-            ).execution_options(yield_per=5000)
+            ).execution_options(yield_per=STREAM_ROWS)
         )
         for seq, occurred_at, actor, payload, prev_hash in rows:
             hashlib.sha256(f"{seq}{occurred_at}{actor}{prev_hash}\n{payload}".encode()).hexdigest()

@@ -38,6 +38,12 @@ NAMING_CONVENTION = {
 
 READ_ONLY = "ccm_read_only"
 
+# Rows fetched at a time when a whole table is streamed (verify). Small on purpose: rows still waiting in a
+# fetch buffer outlive Python's young-generation collections and are promoted to the old one, and once
+# enough are, every collection walks the whole heap. With 5,000 rows a fetch, verifying 1,000,000 events
+# ran at half the rate of 10,000; with 200 at the same rate, and round trips to PostgreSQL stay few.
+STREAM_ROWS = 200
+
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)

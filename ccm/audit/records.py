@@ -25,6 +25,7 @@ from ccm.audit.models import AuditEvent
 from ccm.channels.artifacts import ArtifactError, ArtifactStore
 from ccm.channels.models import PortalDocument, PortalMessage, PrintBatch
 from ccm.communications.models import Delivery
+from ccm.db import STREAM_ROWS
 
 RENDERED = "delivery.rendered"
 BATCH_CREATED = "print_batch.created"
@@ -236,7 +237,7 @@ def _print_batches(session: Session, checker: _Checker, batch_size: int) -> Arti
 
 
 def verify_artifacts(
-    session: Session, store: ArtifactStore, *, batch_size: int = 5000
+    session: Session, store: ArtifactStore, *, batch_size: int = STREAM_ROWS
 ) -> tuple[int, ArtifactProblem | None]:
     """How many artifact references were checked, and the first that does not hold (None: all hold)."""
     checker = _Checker(store)

@@ -24,7 +24,7 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from ccm.audit.models import GENESIS_HASH, AuditChainHead, AuditEvent
-from ccm.db import utcnow
+from ccm.db import STREAM_ROWS, utcnow
 
 if TYPE_CHECKING:
     from ccm.audit.records import ArtifactProblem
@@ -227,7 +227,7 @@ class VerifyResult:
 
 
 def verify(
-    session: Session, *, batch_size: int = 5000, artifacts: ArtifactStore | None = None
+    session: Session, *, batch_size: int = STREAM_ROWS, artifacts: ArtifactStore | None = None
 ) -> VerifyResult:
     """Recompute the whole chain from the first event and report the first event that does not fit; then,
     given the artifact store, check every artifact the database references (ccm.audit.records).

@@ -17,7 +17,7 @@ from ccm import audit
 from ccm.audit.models import AuditEvent
 from ccm.audit.service import canonical_json, event_digest
 from ccm.cli import app as cli
-from ccm.db import Database
+from ccm.db import STREAM_ROWS, Database
 
 
 def append_events(database: Database, count: int) -> None:
@@ -111,6 +111,33 @@ def test_a_changed_field_with_a_recomputed_hash_breaks_the_next_link(database: D
     assert code == 1
     assert "broken at event 3" in output
     assert "does not link to event 2" in output
+
+
+def append_in_one_transaction(database: Database, count: int) -> None:
+    with database.transaction() as session, audit.batched(session):
+        for n in range(count):
+            audit.append(
+                session, actor="test", action="thing.happened", subject_type="thing", subject_id=f"T-{n}"
+            )
+
+
+def test_verify_reads_a_long_chain_fetch_after_fetch_and_names_an_edit_deep_in_it(database: Database) -> None:
+    """Verify streams the log STREAM_ROWS rows at a time: every fetch is checked, and the link across each
+    fetch's boundary too."""
+    count = STREAM_ROWS * 3 + 7
+    append_in_one_transaction(database, count)
+    code, output = verify_cli(database)
+    assert code == 0, output
+    assert (
+        f"audit chain intact: {count:,} events" in output or f"audit chain intact: {count} events" in output
+    )
+
+    boundary = STREAM_ROWS * 2 + 1  # the first row of the third fetch
+    tamper(database, f"UPDATE audit_events SET subject_id = 'T-forged' WHERE seq = {boundary}")
+    code, output = verify_cli(database)
+    assert code == 1
+    assert f"broken at event {boundary}" in output
+    assert "does not match its hash" in output
 
 
 def test_a_deleted_event_is_named(database: Database) -> None:
