@@ -58,18 +58,34 @@ class Artifact:
 
 
 class ArtifactStore:
-    """Files named by the SHA-256 of their content, fanned out by its first two bytes: <root>/ab/cd/abcd...
+    """Files named by the SHA-256 of their content, fanned out by its first byte: <root>/ab/abcd...
 
     Writing is atomic (a temporary file, fsync, rename), so a crash never leaves half an artifact under a
-    valid name; writing the same content twice stores it once."""
+    valid name; writing the same content twice stores it once.
+
+    Earlier versions fanned out by two bytes (<root>/ab/cd/abcd...): what they stored there is still found,
+    checked and not written again. One level of 256 directories instead of up to 65,536, because with two
+    nearly every artifact of a store made a directory as well as its file, and making an inode is most of
+    what storing costs (on a filesystem without a journal, far more: each new inode is looked for past every
+    one freed in the last minute).
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
 
     def path_of(self, sha256: str) -> Path:
+        """Where the artifact is written."""
         if not _SHA256.match(sha256):
             raise ArtifactMissing(f"'{sha256}' is not an artifact hash")
-        return self.root / sha256[:2] / sha256[2:4] / sha256
+        return self.root / sha256[:2] / sha256
+
+    def _paths(self, sha256: str) -> tuple[Path, Path]:
+        """Where it may be: where it is written now, then where earlier versions wrote it."""
+        path = self.path_of(sha256)
+        return path, self.root / sha256[:2] / sha256[2:4] / sha256
+
+    def _has(self, sha256: str) -> bool:
+        return any(path.exists() for path in self._paths(sha256))
 
     def put(self, content: bytes) -> Artifact:
         return self.put_many([content])[0]
@@ -85,7 +101,7 @@ class ArtifactStore:
         ]
         new = {}
         for artifact, content in zip(artifacts, contents, strict=True):
-            if artifact.sha256 not in new and not self.path_of(artifact.sha256).exists():
+            if artifact.sha256 not in new and not self._has(artifact.sha256):
                 new[artifact.sha256] = content
         handles: list[int] = []  # still open
         temporaries: list[tuple[str, Path]] = []  # each with its final name
@@ -115,11 +131,14 @@ class ArtifactStore:
 
     def get(self, sha256: str) -> bytes:
         """The artifact's bytes, only if they still hash to its name."""
-        path = self.path_of(sha256)
-        try:
-            content = path.read_bytes()
-        except FileNotFoundError:
-            raise ArtifactMissing(f"artifact {sha256} is not in the store") from None
+        for path in self._paths(sha256):
+            try:
+                content = path.read_bytes()
+                break
+            except FileNotFoundError:
+                continue
+        else:
+            raise ArtifactMissing(f"artifact {sha256} is not in the store")
         actual = hashlib.sha256(content).hexdigest()
         if actual != sha256:
             raise ArtifactCorrupted(

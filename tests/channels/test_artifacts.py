@@ -18,7 +18,8 @@ def test_put_and_get_by_content_hash(tmp_path: Path) -> None:
     assert artifact.size == len(content)
     assert store.get(artifact.sha256) == content
     path = store.path_of(artifact.sha256)
-    assert path.parent.parent.name == artifact.sha256[:2]
+    assert path.parent.name == artifact.sha256[:2]
+    assert path.parent.parent == store.root
     assert store.put(content) == artifact  # stored once
     assert [p.name for p in path.parent.iterdir()] == [artifact.sha256]  # no temporary files left behind
 
@@ -59,8 +60,32 @@ def test_a_failure_while_storing_several_leaves_no_partial_file(tmp_path: Path) 
     blocked = hashlib.sha256(bad).hexdigest()[:2]
     assert blocked != hashlib.sha256(good).hexdigest()[:2]
     (tmp_path / blocked).write_bytes(b"")  # a file where the second one's directory must go
-    with pytest.raises(NotADirectoryError):
+    with pytest.raises(FileExistsError):
         store.put_many([good, bad])
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == [blocked]
     with pytest.raises(ArtifactMissing):
         store.get(hashlib.sha256(good).hexdigest())
+
+
+def test_an_artifact_stored_by_an_earlier_version_is_found_checked_and_not_stored_again(
+    tmp_path: Path,
+) -> None:
+    """Earlier versions wrote <root>/ab/cd/abcd...: a store they filled keeps working."""
+    store = ArtifactStore(tmp_path)
+    content = b"a letter sent last year"
+    digest = hashlib.sha256(content).hexdigest()
+    legacy = tmp_path / digest[:2] / digest[2:4] / digest
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(content)
+
+    assert store.get(digest) == content
+    assert store.put(content).sha256 == digest
+    assert not store.path_of(digest).exists()  # not written a second time
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [legacy]
+
+    legacy.write_bytes(b"a letter sent last yeaR")
+    with pytest.raises(ArtifactCorrupted, match=f"artifact {digest} was altered"):
+        store.get(digest)
+    legacy.unlink()
+    with pytest.raises(ArtifactMissing, match="not in the store"):
+        store.get(digest)
