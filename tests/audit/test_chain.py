@@ -132,12 +132,25 @@ def test_verify_reads_a_long_chain_fetch_after_fetch_and_names_an_edit_deep_in_i
         f"audit chain intact: {count:,} events" in output or f"audit chain intact: {count} events" in output
     )
 
-    boundary = STREAM_ROWS * 2 + 1  # the first row of the third fetch
-    tamper(database, f"UPDATE audit_events SET subject_id = 'T-forged' WHERE seq = {boundary}")
+    # The last row of the second fetch edited and its hash recomputed: only the link from the first row of
+    # the third fetch, read in another fetch, shows it.
+    last = STREAM_ROWS * 2
+    event = stored_event(database, last)
+    forged = event_digest(
+        seq=last,
+        occurred_at=event.occurred_at,
+        actor=event.actor,
+        action=event.action,
+        subject_type=event.subject_type,
+        subject_id="T-forged",
+        prev_hash=event.prev_hash,
+        payload=event.payload,
+    )
+    tamper(database, f"UPDATE audit_events SET subject_id = 'T-forged', hash = '{forged}' WHERE seq = {last}")
     code, output = verify_cli(database)
     assert code == 1
-    assert f"broken at event {boundary}" in output
-    assert "does not match its hash" in output
+    assert f"broken at event {last + 1}" in output
+    assert f"does not link to event {last}" in output
 
 
 def test_a_deleted_event_is_named(database: Database) -> None:
