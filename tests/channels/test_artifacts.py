@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,27 @@ def test_an_artifact_stored_by_an_earlier_version_is_found_checked_and_not_store
     legacy.unlink()
     with pytest.raises(ArtifactMissing, match="not in the store"):
         store.get(digest)
+
+
+def test_storing_makes_the_new_names_durable_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rename reaches the disk only when its directory is fsynced: the files' directories are, and the
+    store's root when a directory was made in it. (os.fsync is watched, not replaced: nothing here can
+    cut the power.)"""
+    store = ArtifactStore(tmp_path)
+    first = store.put(b"the first letter")
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def watched(handle: int) -> None:
+        synced.append(os.fstat(handle).st_ino)
+        real_fsync(handle)
+
+    monkeypatch.setattr(os, "fsync", watched)
+    contents = [b"the first letter", *(f"letter {n}".encode() for n in range(30))]
+    artifacts = store.put_many(contents)
+    files = {store.path_of(a.sha256).stat().st_ino for a in artifacts if a != first}
+    directories = {store.path_of(a.sha256).parent.stat().st_ino for a in artifacts if a != first}
+    assert files <= set(synced)
+    assert directories <= set(synced)
+    assert tmp_path.stat().st_ino in synced  # new directories were made in it
+    assert store.path_of(first.sha256).stat().st_ino not in synced  # stored before: not written again
