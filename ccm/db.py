@@ -182,10 +182,10 @@ class WriteLock:
         """Called by the thread holding the lock inside this process, so by one thread at a time. Tried
         without blocking, then again after a short sleep (0.2 ms, doubling to 2 ms) until `deadline`: a
         blocking flock could not be given up, nor interrupted by a worker's time limit."""
-        if self._path is None or fcntl is None:
+        if self._path is None or self._database is None or fcntl is None:
             return True
         if self._file is None or self._file[0] != os.getpid():
-            handle = self._open_file(self._path, self._database or "")
+            handle = self._open_file(self._path, self._database)
             if handle is None:
                 return True
             self._file = (os.getpid(), handle)

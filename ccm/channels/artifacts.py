@@ -125,7 +125,7 @@ class ArtifactStore:
                 target = self.path_of(digest)
                 if not target.parent.is_dir():
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    directories.add(target.parent.parent)
+                    directories.add(self.root)
                 directories.add(target.parent)
                 handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
                 handles.append(handle)

@@ -128,9 +128,7 @@ def test_verify_reads_a_long_chain_fetch_after_fetch_and_names_an_edit_deep_in_i
     append_in_one_transaction(database, count)
     code, output = verify_cli(database)
     assert code == 0, output
-    assert (
-        f"audit chain intact: {count:,} events" in output or f"audit chain intact: {count} events" in output
-    )
+    assert f"audit chain intact: {count} events" in output
 
     # The last row of the second fetch edited and its hash recomputed: only the link from the first row of
     # the third fetch, read in another fetch, shows it.
