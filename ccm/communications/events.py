@@ -7,9 +7,10 @@ import json
 import threading
 import time
 import uuid
+import weakref
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from ccm.communications.models import WebhookEndpoint, WebhookMessage
@@ -19,7 +20,9 @@ from ccm.db import utcnow
 # endpoints change seldom. A change made in this process is seen at once (forget_endpoints); one made in
 # another process within ENDPOINTS_TTL seconds.
 ENDPOINTS_TTL = 5.0
-_endpoints: dict[str, tuple[float, list[str]]] = {}
+# Kept per engine object (weakly: a disposed engine's entry goes with it); naming the database by its URL
+# took longer than the lookup it keyed.
+_endpoints: weakref.WeakKeyDictionary[Engine, tuple[float, list[str]]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 
@@ -29,7 +32,7 @@ def forget_endpoints() -> None:
 
 
 def _active_endpoints(session: Session) -> list[str]:
-    key = str(session.get_bind().engine.url)
+    key = session.get_bind().engine
     now = time.monotonic()
     with _lock:
         cached = _endpoints.get(key)
