@@ -249,7 +249,7 @@ class Deliverer:
         # Sent, not yet recorded: what a worker killed now would send again. Recorded every RECORD_EVERY
         # sends, so that at most that many are; and whatever stops this loop (a database error, the time
         # limit), what was sent is recorded and what was not is released on the way out.
-        sent: list[tuple[str, Sent, Prepared]] = []
+        sent: list[tuple[str, Channel, Sent]] = []
         done = 0
         try:
             for delivery_id, adapter, envelope, claim in claimed:
@@ -275,7 +275,7 @@ class Deliverer:
                     chunk.retry.append(delivery_id)
                 else:
                     done += 1
-                    sent.append((delivery_id, result, prepared))
+                    sent.append((delivery_id, envelope.channel, result))
                 if len(sent) >= RECORD_EVERY:
                     self._record_many(sent, chunk)  # if this fails, the finally tries them again
                     sent = []
@@ -285,22 +285,26 @@ class Deliverer:
         return chunk
 
     def _record_many(
-        self, sent: list[tuple[str, Sent, Prepared]], chunk: Chunk, *, release: Sequence[str] = ()
+        self, sent: list[tuple[str, Channel, Sent]], chunk: Chunk, *, release: Sequence[str] = ()
     ) -> None:
-        """Record sends in one transaction, their log events chained together; release the claims of
-        deliveries left unsent."""
+        """Record sends in one transaction, their log events chained together (service.record_answers);
+        release the claims of deliveries left unsent."""
         if not sent and not release:
             return
         with self.database.transaction() as session, audit.batched(session):
-            ids = [delivery_id for delivery_id, *_ in sent] + list(release)
-            rows = service.lock_deliveries(session, ids)
-            held = service.Held.lock(session, rows.values())
-            for delivery_id, result, prepared in sent:
-                chunk.statuses[delivery_id] = self._record_sent(
-                    session, rows[delivery_id], result, prepared, held=held
-                )
-            for delivery_id in release:
-                rows[delivery_id].claimed_until = None
+            answers = [
+                service.Answer(i, result.status, result.provider_id, result.details) for i, _, result in sent
+            ]
+            recorded = service.record_answers(session, answers, release=release, actor=SYSTEM)
+            for delivery_id, channel, result in sent:
+                status, moved = recorded[delivery_id]
+                if moved and result.provider_id and channel is Channel.sms:
+                    # Twilio may have called back before this: what it said applies now (as _record_sent).
+                    lock_name(session, f"twilio:{result.provider_id}")
+                    delivery = session.get_one(Delivery, delivery_id)
+                    apply_early_callbacks(session, delivery)
+                    status = DeliveryStatus(delivery.status)
+                chunk.statuses[delivery_id] = status
 
     def _prepare(self, adapter: ChannelAdapter, envelope: Envelope) -> _Fresh:
         """The channel's output and its attachments, stored (content-addressed) but not yet logged."""
@@ -576,8 +580,6 @@ class Deliverer:
         delivery: Delivery,
         sent: Sent,
         prepared: Prepared,
-        *,
-        held: service.Held | None = None,
     ) -> DeliveryStatus:
         """What the provider took, recorded on the delivery (locked by the caller) and in the log."""
         delivery.attempts += 1
@@ -589,7 +591,7 @@ class Deliverer:
             # delivery, and no opening before it counts as delivered.
             provider_id = put_in_inbox(session, delivery, prepared, title=str(prepared.details.get("title")))
         if not service.move(
-            session, delivery, sent.status, actor=SYSTEM, payload={"provider_id": provider_id}, held=held
+            session, delivery, sent.status, actor=SYSTEM, payload={"provider_id": provider_id}
         ):
             return DeliveryStatus(delivery.status)
         delivery.provider_id = provider_id

@@ -11,10 +11,10 @@ import datetime as dt
 import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import BindParameter, bindparam, select
-from sqlalchemy.orm import Session, defer
+from sqlalchemy import BindParameter, Table, bindparam, select, update
+from sqlalchemy.orm import Session
 
 from ccm import audit
 from ccm.channels import Channel
@@ -375,26 +375,45 @@ def set_status(
     actor: str,
     payload: dict[str, Any] | None = None,
 ) -> None:
-    if communication.status == status.value or status in _NOT_AFTER.get(
-        CommunicationStatus(communication.status), set()
-    ):
+    if not may_become(communication.status, status):
         return
     previous = communication.status
     communication.status = status.value
     communication.updated_at = utcnow()
+    _log_status(
+        session, communication.id, previous, status, communication.reference, actor=actor, payload=payload
+    )
+
+
+def may_become(current: str, status: CommunicationStatus) -> bool:
+    """Whether a communication at `current` may take `status` (a change, and not one _NOT_AFTER forbids)."""
+    return current != status.value and status not in _NOT_AFTER.get(CommunicationStatus(current), set())
+
+
+def _log_status(
+    session: Session,
+    communication_id: str,
+    previous: str,
+    status: CommunicationStatus,
+    reference: str | None,
+    *,
+    actor: str,
+    payload: dict[str, Any] | None,
+) -> None:
+    """A communication's status change: its log event and its webhook event."""
     audit.append(
         session,
         actor=actor,
         action=f"communication.{status.value}",
         subject_type="communication",
-        subject_id=communication.id,
+        subject_id=communication_id,
         payload={"from": previous, **(payload or {})},
     )
     emit_status(
         session,
-        communication.id,
+        communication_id,
         status.value,
-        communication.reference,
+        reference,
         **({"reason": payload["reason"]} if payload and "reason" in payload else {}),
     )
 
@@ -505,34 +524,45 @@ def settle(
     actor: str,
     deliveries: Sequence[Delivery] | None = None,
 ) -> None:
-    """The communication's status from its deliveries' (read here unless the caller gives them all):
-    delivered once one is, sent once one left, failed when every one failed and nothing is left to try."""
+    """The communication's status from its deliveries' (read here unless the caller gives them all)."""
     if deliveries is None:
         deliveries = deliveries_of(session, communication.id)
-    # A letter waiting for its print batch has not left: it can still be cancelled.
-    statuses = {
-        DeliveryStatus.pending
-        if d.channel == Channel.print.value
-        and d.status == DeliveryStatus.queued.value
-        and d.print_batch_id is None
-        else DeliveryStatus(d.status)
-        for d in deliveries
-    }
-    tried = {d.channel for d in deliveries}
-    untried = [c for c in communication.routing.get("chain", []) if c not in tried]
-    if communication.routing.get("mode") == "fallback" and untried:
+    status = settled(communication.routing, [(d.channel, d.status, d.print_batch_id) for d in deliveries])
+    if status is not None:
+        set_status(session, communication, status, actor=actor)
+
+
+def settled(
+    routing: Mapping[str, Any], deliveries: Iterable[tuple[str, str, str | None]]
+) -> CommunicationStatus | None:
+    """What a communication's deliveries, as (channel, status, print batch), make its status: delivered
+    once one is, sent once one left, failed when every one failed and nothing is left to try; None while
+    they say nothing yet."""
+    statuses: set[DeliveryStatus] = set()
+    tried: set[str] = set()
+    for channel, status, print_batch_id in deliveries:
+        tried.add(channel)
+        # A letter waiting for its print batch has not left: it can still be cancelled.
+        if (
+            channel == Channel.print.value
+            and status == DeliveryStatus.queued.value
+            and print_batch_id is None
+        ):
+            statuses.add(DeliveryStatus.pending)
+        else:
+            statuses.add(DeliveryStatus(status))
+    untried = [c for c in routing.get("chain", []) if c not in tried]
+    if routing.get("mode") == "fallback" and untried:
         statuses.add(DeliveryStatus.pending)  # the next channel of the chain is still to come
     if statuses & {DeliveryStatus.delivered, DeliveryStatus.read}:
-        set_status(session, communication, CommunicationStatus.delivered, actor=actor)
-    elif statuses & {DeliveryStatus.queued, DeliveryStatus.sending, DeliveryStatus.sent}:
-        set_status(session, communication, CommunicationStatus.sent, actor=actor)
-    elif statuses and statuses <= GIVEN_UP:
-        final = (
-            CommunicationStatus.cancelled
-            if statuses == {DeliveryStatus.cancelled}
-            else CommunicationStatus.failed
-        )
-        set_status(session, communication, final, actor=actor)
+        return CommunicationStatus.delivered
+    if statuses & {DeliveryStatus.queued, DeliveryStatus.sending, DeliveryStatus.sent}:
+        return CommunicationStatus.sent
+    if statuses and statuses <= GIVEN_UP:
+        if statuses == {DeliveryStatus.cancelled}:
+            return CommunicationStatus.cancelled
+        return CommunicationStatus.failed
+    return None
 
 
 def get_delivery(session: Session, delivery_id: str, *, for_update: bool = False) -> Delivery:
@@ -556,16 +586,58 @@ def lock_deliveries(session: Session, delivery_ids: Iterable[str]) -> dict[str, 
 # Built once (they run in every chunk's transactions; building a statement costs more than running it).
 _IDS: BindParameter[Any] = bindparam("ids", expanding=True)
 _LOCK_DELIVERIES = select(Delivery).where(Delivery.id.in_(_IDS)).order_by(Delivery.id).with_for_update()
-_LOCK_COMMUNICATIONS = (
-    select(Communication)
+_DELIVERIES = cast(Table, Delivery.__table__)
+_COMMUNICATIONS = cast(Table, Communication.__table__)
+_DELIVERY_ROWS = (
+    select(
+        Delivery.id,
+        Delivery.communication_id,
+        Delivery.channel,
+        Delivery.status,
+        Delivery.print_batch_id,
+        Delivery.attempts,
+        Delivery.details,
+    )
+    .where(Delivery.id.in_(_IDS))
+    .order_by(Delivery.id)
+    .with_for_update()
+)
+_COMMUNICATION_ROWS = (
+    select(Communication.id, Communication.status, Communication.routing, Communication.reference)
     .where(Communication.id.in_(_IDS))
-    .options(defer(Communication.data), defer(Communication.decision))
     .order_by(Communication.id)
     .with_for_update()
 )
-_OTHER_DELIVERIES = select(Delivery).where(
-    Delivery.communication_id.in_(_IDS), Delivery.id.not_in(bindparam("known", expanding=True))
+_OTHER_DELIVERY_ROWS = select(
+    Delivery.id, Delivery.communication_id, Delivery.channel, Delivery.status, Delivery.print_batch_id
+).where(Delivery.communication_id.in_(_IDS), Delivery.id.not_in(bindparam("known", expanding=True)))
+_RECORD_MOVE = (
+    update(_DELIVERIES)
+    .where(_DELIVERIES.c.id == bindparam("b_id"))
+    .values(
+        attempts=bindparam("b_attempts"),
+        last_error=None,
+        claimed_until=None,
+        status=bindparam("b_status"),
+        provider_id=bindparam("b_provider_id"),
+        details=bindparam("b_details", type_=_DELIVERIES.c.details.type),
+        updated_at=bindparam("b_updated_at", type_=_DELIVERIES.c.updated_at.type),
+    )
 )
+_RECORD_ATTEMPT = (
+    update(_DELIVERIES)
+    .where(_DELIVERIES.c.id == bindparam("b_id"))
+    .values(attempts=bindparam("b_attempts"), last_error=None, claimed_until=None)
+)
+_SETTLE_COMMUNICATION = (
+    update(_COMMUNICATIONS)
+    .where(_COMMUNICATIONS.c.id == bindparam("b_id"))
+    .values(
+        status=bindparam("b_status"),
+        updated_at=bindparam("b_updated_at", type_=_COMMUNICATIONS.c.updated_at.type),
+    )
+)
+_RELEASE = update(_DELIVERIES).where(_DELIVERIES.c.id.in_(_IDS)).values(claimed_until=None)
 
 
 def deliveries_of(session: Session, communication_id: str) -> list[Delivery]:
@@ -585,25 +657,41 @@ def move(
     *,
     actor: str,
     payload: dict[str, Any] | None = None,
-    held: Held | None = None,
 ) -> bool:
     """Move a delivery forward to `status` and log it; a move backwards or sideways changes nothing and
-    answers False. The caller holds the delivery's row lock (get_delivery(for_update=True)), and its
-    communication's too when it gives it in `held`."""
+    answers False. The caller holds the delivery's row lock (get_delivery(for_update=True))."""
     current = DeliveryStatus(delivery.status)
     if not can_move(current, status):
         return False
     delivery.status = status.value
     delivery.updated_at = utcnow()
+    _log_move(
+        session, delivery.id, delivery.communication_id, delivery.channel, current, status, actor, payload
+    )
+    settle(session, get_communication(session, delivery.communication_id, for_update=True), actor=actor)
+    return True
+
+
+def _log_move(
+    session: Session,
+    delivery_id: str,
+    communication_id: str,
+    channel: str,
+    current: DeliveryStatus,
+    status: DeliveryStatus,
+    actor: str,
+    payload: dict[str, Any] | None,
+) -> None:
+    """A delivery's move: its log event and its webhook event."""
     audit.append(
         session,
         actor=actor,
         action=f"delivery.{status.value}",
         subject_type="delivery",
-        subject_id=delivery.id,
+        subject_id=delivery_id,
         payload={
-            "communication": delivery.communication_id,
-            "channel": delivery.channel,
+            "communication": communication_id,
+            "channel": channel,
             "from": current.value,
             **(payload or {}),
         },
@@ -612,43 +700,113 @@ def move(
         session,
         f"delivery.{status.value}",
         {
-            "communication": delivery.communication_id,
-            "delivery": delivery.id,
-            "channel": delivery.channel,
+            "communication": communication_id,
+            "delivery": delivery_id,
+            "channel": channel,
             "status": status.value,
             **({"reason": payload["error"]} if payload and payload.get("error") else {}),
         },
     )
-    if held is not None:
-        communication = held.communications[delivery.communication_id]
-        settle(session, communication, actor=actor, deliveries=held.deliveries[communication.id])
-    else:
-        settle(session, get_communication(session, delivery.communication_id, for_update=True), actor=actor)
-    return True
 
 
 @dataclass(frozen=True)
-class Held:
-    """Communications locked, with all their deliveries read, for a transaction that moves the deliveries
-    of many (a chunk of a batch): move() and settle() take them from here instead of a query each."""
+class Answer:
+    """What a provider answered when a delivery was sent."""
 
-    communications: dict[str, Communication]
-    deliveries: dict[str, list[Delivery]]
+    delivery_id: str
+    status: DeliveryStatus
+    provider_id: str | None
+    details: Mapping[str, Any]
 
-    @classmethod
-    def lock(cls, session: Session, locked: Iterable[Delivery]) -> Held:
-        """Lock the communications of deliveries the caller has locked (after their deliveries, as move()
-        does) and read their other deliveries. What a status change does not read (the data, the workflow's
-        decision) is left in the database, loaded only if asked for."""
-        known = {delivery.id: delivery for delivery in locked}
-        ids = sorted({delivery.communication_id for delivery in known.values()})
-        communications = {c.id: c for c in session.scalars(_LOCK_COMMUNICATIONS, {"ids": ids})}
-        others = session.scalars(_OTHER_DELIVERIES, {"ids": ids, "known": list(known)})
-        deliveries: dict[str, list[Delivery]] = {i: [] for i in communications}
-        for delivery in sorted([*known.values(), *others], key=lambda d: d.created_at):
-            if delivery.communication_id in deliveries:
-                deliveries[delivery.communication_id].append(delivery)
-        return cls(communications, deliveries)
+
+@dataclass
+class _Settling:
+    """A communication locked by record_answers(): its status as it goes, and its deliveries' (channel,
+    status, print batch) by id."""
+
+    status: str
+    previous: str
+    routing: dict[str, Any]
+    reference: str | None
+    deliveries: dict[str, tuple[str, str, str | None]]
+
+
+def record_answers(
+    session: Session, answers: Sequence[Answer], *, release: Sequence[str] = (), actor: str
+) -> dict[str, tuple[DeliveryStatus, bool]]:
+    """Record the sends of many claimed deliveries at once (a chunk of a batch's email and SMS), as move()
+    and settle() record one: each attempt counted and its claim released, each delivery moved forward and
+    logged, then its communication settled and logged, in that order. The claims of `release` (left unsent)
+    are released. Answers each delivery's status afterwards, and whether it moved.
+
+    Core statements on rows, not the ORM's unit of work: at a chunk's size, loading, tracking and flushing
+    the objects was most of this transaction's cost. The locks are taken as lock_deliveries() and move()
+    take them: the deliveries, then their communications, each in the order of their ids."""
+    now = utcnow()
+    ids = [answer.delivery_id for answer in answers] + list(release)
+    rows = {row.id: row for row in session.execute(_DELIVERY_ROWS, {"ids": ids})}
+    communication_ids = sorted({rows[answer.delivery_id].communication_id for answer in answers})
+    held = {
+        row.id: _Settling(row.status, row.status, row.routing, row.reference, {})
+        for row in session.execute(_COMMUNICATION_ROWS, {"ids": communication_ids})
+    }
+    for row in [
+        *rows.values(),
+        *session.execute(_OTHER_DELIVERY_ROWS, {"ids": communication_ids, "known": ids}),
+    ]:
+        if row.communication_id in held:
+            held[row.communication_id].deliveries[row.id] = (row.channel, row.status, row.print_batch_id)
+    moves: list[dict[str, Any]] = []
+    attempts: list[dict[str, Any]] = []
+    answered: dict[str, tuple[DeliveryStatus, bool]] = {}
+    for answer in answers:
+        row = rows[answer.delivery_id]
+        current = DeliveryStatus(row.status)
+        if not can_move(current, answer.status):
+            attempts.append({"b_id": row.id, "b_attempts": row.attempts + 1})
+            answered[row.id] = (current, False)
+            continue
+        moves.append(
+            {
+                "b_id": row.id,
+                "b_attempts": row.attempts + 1,
+                "b_status": answer.status.value,
+                "b_provider_id": answer.provider_id,
+                "b_details": {**row.details, **answer.details},
+                "b_updated_at": now,
+            }
+        )
+        answered[row.id] = (answer.status, True)
+        payload = {"provider_id": answer.provider_id}
+        _log_move(session, row.id, row.communication_id, row.channel, current, answer.status, actor, payload)
+        communication = held[row.communication_id]
+        communication.deliveries[row.id] = (row.channel, answer.status.value, row.print_batch_id)
+        status = settled(communication.routing, communication.deliveries.values())
+        if status is not None and may_become(communication.status, status):
+            previous, communication.status = communication.status, status.value
+            _log_status(
+                session,
+                row.communication_id,
+                previous,
+                status,
+                communication.reference,
+                actor=actor,
+                payload=None,
+            )
+    if moves:
+        session.execute(_RECORD_MOVE, moves)
+    if attempts:
+        session.execute(_RECORD_ATTEMPT, attempts)
+    changed = [
+        {"b_id": communication_id, "b_status": c.status, "b_updated_at": now}
+        for communication_id, c in held.items()
+        if c.status != c.previous
+    ]
+    if changed:
+        session.execute(_SETTLE_COMMUNICATION, changed)
+    if release:
+        session.execute(_RELEASE, {"ids": list(release)})
+    return answered
 
 
 def is_marketing(communication: Communication) -> bool:

@@ -347,3 +347,64 @@ def test_one_communication_that_cannot_be_routed_does_not_hold_up_its_chunk(
     with database.read() as session:
         assert [service.get_communication(session, c).status for c in ids] == ["routed", "accepted", "routed"]
         assert audit.verify(session).ok
+
+
+def test_a_chunk_records_a_communication_of_two_deliveries_once_and_a_send_recorded_meanwhile_once(
+    sender: Sender, database: Database, sink: SmtpSink, twilio: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk's sends are recorded together (service.record_answers): an email and an SMS of one
+    communication both move, and the communication is logged as sent once; a delivery another worker sent
+    and recorded while this one was sending it (its lease ran out) is not moved or logged again."""
+    live_in(database, "CUST-1001", zone_where_it_is(12))  # the SMS inside its send window
+    data = sample("payment_reminder")
+    both = sender.create("payment_reminder", "CUST-1001", data, [Channel.email, Channel.sms])
+    assert len(both) == 2
+    [overtaken] = sender.create("payment_reminder", "CUST-1001", data, [Channel.email])
+    adapter = sender.deliverer.adapters[Channel.email]
+    send = adapter.send
+
+    def overtaken_while_sending(envelope: Any, prepared: Any) -> Any:
+        sent = send(envelope, prepared)
+        if envelope.delivery_id == overtaken:  # another worker records it first
+            with database.transaction() as session:
+                delivery = service.get_delivery(session, overtaken, for_update=True)
+                service.move(session, delivery, DeliveryStatus.sent, actor="test:other-worker")
+        return sent
+
+    monkeypatch.setattr(adapter, "send", overtaken_while_sending)
+    chunk = sender.deliverer.deliver_many([*both, overtaken])
+
+    assert chunk.statuses == {
+        both[0]: DeliveryStatus.sent,
+        both[1]: DeliveryStatus.queued,  # Twilio's answer to a new message
+        overtaken: DeliveryStatus.sent,
+    }
+    with database.read() as session:
+        [email, sms] = (service.get_delivery(session, d) for d in both)
+        communication = service.get_communication(session, email.communication_id)
+        assert communication.status == "sent"
+        assert (email.attempts, email.claimed_until, sms.attempts, sms.claimed_until) == (1, None, 1, None)
+        assert email.provider_id
+        assert (sms.provider_id or "").startswith("SM")
+        actions = list(
+            session.scalars(
+                select(AuditEvent.action)
+                .where(AuditEvent.subject_id.in_([*both, communication.id]))
+                .order_by(AuditEvent.seq)
+            )
+        )
+        assert actions.count("communication.sent") == 1
+        assert [a for a in actions if a.startswith("delivery.")].count("delivery.rendered") == 2
+        assert sorted(a for a in actions if a in ("delivery.sent", "delivery.queued")) == [
+            "delivery.queued",
+            "delivery.sent",
+        ]
+        late = service.get_delivery(session, overtaken)
+        assert (late.status, late.attempts, late.claimed_until, late.provider_id) == ("sent", 1, None, None)
+        moves = session.scalars(
+            select(AuditEvent.actor).where(
+                AuditEvent.subject_id == overtaken, AuditEvent.action == "delivery.sent"
+            )
+        )
+        assert list(moves) == ["test:other-worker"]
+        assert audit.verify(session).ok

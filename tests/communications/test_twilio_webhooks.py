@@ -10,11 +10,13 @@ from twilio.request_validator import RequestValidator
 
 from ccm.channels import Channel
 from ccm.channels.models import ProviderCallback
+from ccm.communications import service
 from ccm.communications.status import DeliveryStatus
 from ccm.customers.models import Consent, ConsentChange, Customer
 from ccm.db import Database
 from tests.channels.fake_twilio import ACCOUNT_SID, AUTH_TOKEN
 from tests.communications.conftest import Sender, sample
+from tests.communications.test_pipeline import live_in, zone_where_it_is
 from tests.conftest import ADMIN_KEY, bearer, count_events
 
 STATUS_URL = "https://ccm.bank.example/webhooks/twilio/status"
@@ -110,6 +112,33 @@ def test_a_callback_that_arrives_before_the_send_is_recorded_applies_when_it_is(
     assert delivery.status == DeliveryStatus.delivered
     [callback] = callbacks(database)
     assert (callback.delivery_id, callback.applied) == (delivery.id, True)
+
+
+def test_a_callback_before_a_chunk_records_its_send_applies_when_it_does(
+    client: TestClient, sender: Sender, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for a batch's chunk (Deliverer.deliver_many), whose sends are recorded together."""
+    live_in(database, "CUST-1001", zone_where_it_is(12))  # inside the SMS send window
+    sms_adapter = sender.deliverer.adapters[Channel.sms]
+    real_send = sms_adapter.send
+
+    def send_and_be_called_back_at_once(envelope, prepared):  # type: ignore[no-untyped-def]
+        sent = real_send(envelope, prepared)
+        assert status(client, sent.provider_id or "", "delivered") == 204
+        return sent
+
+    monkeypatch.setattr(sms_adapter, "send", send_and_be_called_back_at_once)
+    data = sample("payment_reminder")
+    ids = [sender.create("payment_reminder", "CUST-1001", data, [Channel.sms])[0] for _ in range(2)]
+    chunk = sender.deliverer.deliver_many(ids)
+    assert chunk.statuses == dict.fromkeys(ids, DeliveryStatus.delivered)
+    assert [sender.delivery(d).status for d in ids] == ["delivered", "delivered"]
+    assert sorted((c.delivery_id or "", c.applied) for c in callbacks(database)) == sorted(
+        (d, True) for d in ids
+    )
+    with database.read() as session:
+        communication = service.get_communication(session, sender.delivery(ids[0]).communication_id)
+        assert communication.status == "delivered"
 
 
 def sms_consents(database: Database, external_id: str) -> dict[str, bool]:
