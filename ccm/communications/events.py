@@ -20,8 +20,8 @@ from ccm.db import utcnow
 # endpoints change seldom. A change made in this process is seen at once (forget_endpoints); one made in
 # another process within ENDPOINTS_TTL seconds.
 ENDPOINTS_TTL = 5.0
-# Kept per engine object (weakly: a disposed engine's entry goes with it); naming the database by its URL
-# took longer than the lookup it keyed.
+# Kept per engine object, weakly (an entry goes when its engine is garbage-collected); naming the database
+# by its URL took longer than the lookup it keyed.
 _endpoints: weakref.WeakKeyDictionary[Engine, tuple[float, list[str]]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import BindParameter, Table, bindparam, select, update
+from sqlalchemy import BindParameter, Select, Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from ccm import audit
@@ -517,16 +517,9 @@ def fall_back(session: Session, settings: Settings, delivery: Delivery, *, actor
     return following
 
 
-def settle(
-    session: Session,
-    communication: Communication,
-    *,
-    actor: str,
-    deliveries: Sequence[Delivery] | None = None,
-) -> None:
-    """The communication's status from its deliveries' (read here unless the caller gives them all)."""
-    if deliveries is None:
-        deliveries = deliveries_of(session, communication.id)
+def settle(session: Session, communication: Communication, *, actor: str) -> None:
+    """The communication's status from its deliveries'."""
+    deliveries = deliveries_of(session, communication.id)
     status = settled(communication.routing, [(d.channel, d.status, d.print_batch_id) for d in deliveries])
     if status is not None:
         set_status(session, communication, status, actor=actor)
@@ -577,7 +570,8 @@ def get_delivery(session: Session, delivery_id: str, *, for_update: bool = False
 
 def lock_deliveries(session: Session, delivery_ids: Iterable[str]) -> dict[str, Delivery]:
     """Several deliveries locked for update, in the order of their ids: the order every lock on more than
-    one delivery takes (a chunk's claim and record, a cancel), so that two never wait on each other."""
+    one delivery takes (a cancel here; a chunk's claim and record in their own Core statements), so that
+    two never wait on each other."""
     return {
         delivery.id: delivery for delivery in session.scalars(_LOCK_DELIVERIES, {"ids": set(delivery_ids)})
     }
@@ -585,22 +579,25 @@ def lock_deliveries(session: Session, delivery_ids: Iterable[str]) -> dict[str, 
 
 # Built once (they run in every chunk's transactions; building a statement costs more than running it).
 _IDS: BindParameter[Any] = bindparam("ids", expanding=True)
-_LOCK_DELIVERIES = select(Delivery).where(Delivery.id.in_(_IDS)).order_by(Delivery.id).with_for_update()
+
+
+def locking_deliveries(*columns: Any) -> Select[Any]:
+    """A statement locking the deliveries whose ids are bound as `ids`, in the order of their ids (the
+    order every lock on more than one delivery takes), and reading `columns` of them."""
+    return select(*columns).where(Delivery.id.in_(_IDS)).order_by(Delivery.id).with_for_update()
+
+
+_LOCK_DELIVERIES = locking_deliveries(Delivery)
 _DELIVERIES = cast(Table, Delivery.__table__)
 _COMMUNICATIONS = cast(Table, Communication.__table__)
-_DELIVERY_ROWS = (
-    select(
-        Delivery.id,
-        Delivery.communication_id,
-        Delivery.channel,
-        Delivery.status,
-        Delivery.print_batch_id,
-        Delivery.attempts,
-        Delivery.details,
-    )
-    .where(Delivery.id.in_(_IDS))
-    .order_by(Delivery.id)
-    .with_for_update()
+_DELIVERY_ROWS = locking_deliveries(
+    Delivery.id,
+    Delivery.communication_id,
+    Delivery.channel,
+    Delivery.status,
+    Delivery.print_batch_id,
+    Delivery.attempts,
+    Delivery.details,
 )
 _COMMUNICATION_ROWS = (
     select(Communication.id, Communication.status, Communication.routing, Communication.reference)
@@ -742,20 +739,22 @@ def record_answers(
     Core statements on rows, not the ORM's unit of work: at a chunk's size, loading, tracking and flushing
     the objects was most of this transaction's cost. The locks are taken as lock_deliveries() and move()
     take them: the deliveries, then their communications, each in the order of their ids."""
-    now = utcnow()
     ids = [answer.delivery_id for answer in answers] + list(release)
     rows = {row.id: row for row in session.execute(_DELIVERY_ROWS, {"ids": ids})}
     communication_ids = sorted({rows[answer.delivery_id].communication_id for answer in answers})
-    held = {
-        row.id: _Settling(row.status, row.status, row.routing, row.reference, {})
-        for row in session.execute(_COMMUNICATION_ROWS, {"ids": communication_ids})
-    }
-    for row in [
-        *rows.values(),
-        *session.execute(_OTHER_DELIVERY_ROWS, {"ids": communication_ids, "known": ids}),
-    ]:
-        if row.communication_id in held:
-            held[row.communication_id].deliveries[row.id] = (row.channel, row.status, row.print_batch_id)
+    held: dict[str, _Settling] = {}
+    if communication_ids:
+        held = {
+            row.id: _Settling(row.status, row.status, row.routing, row.reference, {})
+            for row in session.execute(_COMMUNICATION_ROWS, {"ids": communication_ids})
+        }
+        for row in [
+            *rows.values(),
+            *session.execute(_OTHER_DELIVERY_ROWS, {"ids": communication_ids, "known": ids}),
+        ]:
+            if row.communication_id in held:
+                held[row.communication_id].deliveries[row.id] = (row.channel, row.status, row.print_batch_id)
+    now = utcnow()  # once the locks are held: no earlier than a change committed while waiting for them
     moves: list[dict[str, Any]] = []
     attempts: list[dict[str, Any]] = []
     answered: dict[str, tuple[DeliveryStatus, bool]] = {}

@@ -4,6 +4,7 @@ provider news, letters cancelled before printing, caps on what went out, batch f
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -407,4 +408,50 @@ def test_a_chunk_records_a_communication_of_two_deliveries_once_and_a_send_recor
             )
         )
         assert list(moves) == ["test:other-worker"]
+        assert audit.verify(session).ok
+
+
+def test_a_chunk_sends_what_another_worker_logged_for_a_delivery_and_logs_no_second_artifact(
+    sender: Sender, database: Database, sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between a chunk reading a delivery and claiming it, another worker claimed it, logged its artifact
+    and was killed (its lease run out): the chunk sends the artifact that worker logged, read back from the
+    store, and logs no second one."""
+    data = sample("payment_reminder")
+    ids = [sender.create("payment_reminder", "CUST-1001", data, [Channel.email])[0] for _ in range(2)]
+    taken = ids[1]
+    deliverer = sender.deliverer
+    store = deliverer._store  # the moment between the chunk's read and its claim
+
+    def another_worker_first(outputs: Any) -> Any:
+        stored = store(outputs)
+        with database.transaction() as session:
+            delivery = service.get_delivery(session, taken, for_update=True)
+            [other] = store([deliverer.adapters[Channel.email].prepare(envelope_of(taken))])
+            deliverer._claim_row(session, delivery, other, utcnow())
+            delivery.claimed_until = utcnow() - dt.timedelta(seconds=1)  # then killed: its lease ran out
+            logged.append(other.sha256)
+        return stored
+
+    def envelope_of(delivery_id: str) -> Any:
+        with database.read() as session:
+            [job] = deliverer._jobs(session, [service.get_delivery(session, delivery_id)])
+        return deliverer._envelope(job, Channel.email)
+
+    logged: list[str] = []
+    monkeypatch.setattr(deliverer, "_store", another_worker_first)
+    received_before = len(sink.handler.messages)
+    chunk = deliverer.deliver_many(ids)
+
+    assert chunk.statuses == dict.fromkeys(ids, DeliveryStatus.sent)
+    assert len(sink.handler.messages) == received_before + 2
+    with database.read() as session:
+        delivery = service.get_delivery(session, taken)
+        assert (delivery.artifact_sha256, delivery.claimed_until, delivery.attempts) == (logged[0], None, 1)
+        rendered = session.scalars(
+            select(AuditEvent.payload).where(
+                AuditEvent.subject_id == taken, AuditEvent.action == "delivery.rendered"
+            )
+        )
+        assert [json.loads(payload)["artifact"] for payload in rendered] == logged
         assert audit.verify(session).ok
