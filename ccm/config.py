@@ -95,6 +95,14 @@ class Settings(BaseSettings):
         description="Embedded mode: processes beside `ccm serve` that render, send and record a batch's "
         "emails and SMS, each on a core of its own (0: all in the API process).",
     )
+    send_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=32,
+        description="A batch's sends in flight at once per worker thread or delivery process, each on a "
+        "connection of its own to the mail server or Twilio: while one waits for the server's reply, "
+        "another is sent.",
+    )
     retry_max_attempts: int = Field(
         default=8,
         ge=1,

@@ -13,7 +13,9 @@ import datetime as dt
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -100,6 +102,10 @@ class _Fresh:
     size: int
 
 
+# What one send came to: what the provider took, or the adapter's error.
+_Outcome = Sent | TransientDeliveryError | PermanentDeliveryError
+
+
 @dataclass
 class Chunk:
     """What deliver_many() did with each delivery it was given."""
@@ -165,6 +171,12 @@ class Deliverer:
         self.engine = engine
         self.adapters = adapters
         self.artifacts = artifacts
+        # A chunk's sends, CCM_SEND_CONCURRENCY at a time for each thread delivering chunks. Threads are made
+        # only while none is idle, so a delivery process (one such thread) has no more than that. Each keeps
+        # its own connection (SmtpTransport and TwilioSmsSender keep one per thread).
+        self._senders = ThreadPoolExecutor(
+            max_workers=settings.send_concurrency * settings.worker_threads, thread_name_prefix="ccm-send"
+        )
 
     def deliver(self, delivery_id: str) -> DeliveryStatus:
         """Send one delivery if it is still pending and no other worker holds it; answers its status
@@ -309,42 +321,67 @@ class Deliverer:
                     session.execute(_CLAIM_STORED, stored_rows)
 
         # Sent, not yet recorded: what a worker killed now would send again. Recorded every RECORD_EVERY
-        # sends, so that at most that many are; and whatever stops this loop (a database error, the time
-        # limit), what was sent is recorded and what was not is released on the way out.
+        # sends, so that at most that many (and those in flight) are; and whatever stops this loop (a
+        # database error, the time limit), what was in flight is waited for, what was sent is recorded and
+        # what was not is released on the way out.
         sent: list[tuple[str, Channel, Sent]] = []
-        done = 0
+        waiting = deque(claimed)  # not yet handed to a sender
+        in_flight: dict[Future[_Outcome], tuple[str, Channel]] = {}
         try:
-            for delivery_id, adapter, envelope, claim in claimed:
-                if time.monotonic() > deadline:
-                    break
-                try:
-                    prepared = claim if isinstance(claim, Prepared) else self._stored(claim)
-                    with waiting_on_provider():
-                        result = adapter.send(envelope, prepared)
-                except TransientDeliveryError as exc:
-                    done += 1
-                    self._attempt_failed(delivery_id, exc, claimed=True)
-                    chunk.retry.append(delivery_id)
-                except PermanentDeliveryError as exc:
-                    done += 1
-                    chunk.statuses[delivery_id] = self._failed(delivery_id, exc, claimed=True)
-                except Exception as exc:  # noqa: BLE001  # one message's fault must not stop the others'
-                    # A fault, as in deliver(): its type only (the message may quote content).
-                    done += 1
-                    log.error("delivery %s: unexpected %s while sending", delivery_id, type(exc).__name__)
-                    error = TransientDeliveryError(f"unexpected {type(exc).__name__}")
-                    self._attempt_failed(delivery_id, error, claimed=True)
-                    chunk.retry.append(delivery_id)
-                else:
-                    done += 1
-                    sent.append((delivery_id, envelope.channel, result))
+            while waiting or in_flight:
+                while waiting and len(in_flight) < self.settings.send_concurrency:
+                    if time.monotonic() > deadline:
+                        break
+                    delivery_id, adapter, envelope, claim = waiting.popleft()
+                    future = self._senders.submit(self._send_one, delivery_id, adapter, envelope, claim)
+                    in_flight[future] = (delivery_id, envelope.channel)
+                if not in_flight:
+                    break  # out of time: the rest is released and queued again
+                with waiting_on_provider():  # this thread only waits: another worker may work meanwhile
+                    finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    outcome = future.result()  # raises only what is not an Exception (a time limit)
+                    delivery_id, channel = in_flight.pop(future)
+                    if isinstance(outcome, Sent):
+                        sent.append((delivery_id, channel, outcome))
+                    elif isinstance(outcome, TransientDeliveryError):
+                        self._attempt_failed(delivery_id, outcome, claimed=True)
+                        chunk.retry.append(delivery_id)
+                    else:
+                        chunk.statuses[delivery_id] = self._failed(delivery_id, outcome, claimed=True)
                 if len(sent) >= RECORD_EVERY:
                     self._record_many(sent, chunk)  # if this fails, the finally tries them again
                     sent = []
         finally:
-            chunk.again.extend(c[0] for c in claimed[done:])
-            self._record_many(sent, chunk, release=[c[0] for c in claimed[done:]])
+            # A send cannot be taken back: those in flight are waited for, and recorded if they went.
+            unsent = [c[0] for c in waiting]
+            for future, (delivery_id, channel) in in_flight.items():
+                try:
+                    outcome = future.result()
+                except BaseException:  # noqa: BLE001  # it did not finish: released, to be sent again
+                    unsent.append(delivery_id)
+                    continue
+                if isinstance(outcome, Sent):
+                    sent.append((delivery_id, channel, outcome))
+                else:
+                    unsent.append(delivery_id)  # released: deliver() tries it again, and records its error
+            chunk.again.extend(unsent)
+            self._record_many(sent, chunk, release=unsent)
         return chunk
+
+    def _send_one(
+        self, delivery_id: str, adapter: ChannelAdapter, envelope: Envelope, claim: Prepared | _Stored
+    ) -> _Outcome:
+        """One of a chunk's sends, in a sender thread: what the provider took, or the error it gave."""
+        try:
+            prepared = claim if isinstance(claim, Prepared) else self._stored(claim)
+            return adapter.send(envelope, prepared)
+        except (TransientDeliveryError, PermanentDeliveryError) as exc:
+            return exc
+        except Exception as exc:  # noqa: BLE001  # one message's fault must not stop the others'
+            # A fault, as in deliver(): its type only (the message may quote content).
+            log.error("delivery %s: unexpected %s while sending", delivery_id, type(exc).__name__)
+            return TransientDeliveryError(f"unexpected {type(exc).__name__}")
 
     def _record_many(
         self, sent: list[tuple[str, Channel, Sent]], chunk: Chunk, *, release: Sequence[str] = ()
@@ -477,17 +514,14 @@ class Deliverer:
         return RenderContext(
             customer=job.customer,
             data=job.communication.data,
-            message={
-                **message_context(
-                    self.settings,
-                    job.communication.id,
-                    external_id=external_id,
-                    channel=channel,
-                    date=job.communication.created_at.date(),
-                ),
-                # A reviewer's edits to the template's editable regions (ccm.templates_engine.editable).
-                "edits": job.communication.options.get("edits", {}),
-            },
+            message=message_context(
+                self.settings,
+                job.communication.id,
+                external_id=external_id,
+                channel=channel,
+                date=job.communication.created_at.date(),
+                edits=job.communication.options.get("edits", {}),
+            ),
             locale=job.communication.locale,
             timezone=str(job.customer.get("timezone") or "UTC"),
         )

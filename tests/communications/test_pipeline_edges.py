@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -303,30 +304,80 @@ def test_a_chunk_out_of_time_claims_nothing_more_and_queues_the_rest_again(
 def test_a_chunk_interrupted_mid_send_records_what_went_and_releases_the_rest(
     sender: Sender, database: Database, sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The worker's time limit (or anything else) stopping the chunk between sends: what was sent is
-    recorded as sent, what was not is released at once instead of waiting out its lease."""
+    """The worker's time limit (or anything else) stopping the chunk between sends: the sends in flight
+    then are waited for, what reached the server is recorded as sent, what did not is released at once
+    instead of waiting out its lease."""
     data = sample("payment_reminder")
-    ids = [sender.create("payment_reminder", "CUST-1001", data, [Channel.email])[0] for _ in range(4)]
+    ids = [sender.create("payment_reminder", "CUST-1001", data, [Channel.email])[0] for _ in range(6)]
     adapter = sender.deliverer.adapters[Channel.email]
     send = adapter.send
     calls: list[str] = []
+    went: list[str] = []
+    lock = threading.Lock()
 
     def interrupted(envelope: Any, prepared: Any) -> Any:
-        calls.append(envelope.delivery_id)
-        if len(calls) == 3:
+        with lock:
+            calls.append(envelope.delivery_id)
+            third = len(calls) == 3
+        if third:
             raise TimeLimitExceeded()  # as Dramatiq interrupts an actor: not an Exception
-        return send(envelope, prepared)
+        result = send(envelope, prepared)
+        with lock:
+            went.append(envelope.delivery_id)
+        return result
 
     monkeypatch.setattr(adapter, "send", interrupted)
     received_before = len(sink.handler.messages)
     with pytest.raises(TimeLimitExceeded):
         sender.deliverer.deliver_many(ids)
-    assert len(sink.handler.messages) == received_before + 2
+    assert len(went) >= 2
+    assert len(sink.handler.messages) == received_before + len(went)
     statuses = {d: sender.delivery(d) for d in ids}
-    assert [statuses[d].status for d in calls[:2]] == ["sent", "sent"]
-    for delivery_id in [d for d in ids if d not in calls[:2]]:
+    assert [statuses[d].status for d in went] == ["sent"] * len(went)
+    left = [d for d in ids if d not in went]
+    assert calls[2] in left  # the interrupted send
+    for delivery_id in left:
         assert (statuses[delivery_id].status, statuses[delivery_id].claimed_until) == ("pending", None)
     with database.read() as session:
+        assert audit.verify(session).ok
+
+
+def test_a_chunk_has_several_sends_in_flight_each_on_a_connection_of_its_own(
+    sender: Sender, database: Database, sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CCM_SEND_CONCURRENCY sends of a chunk wait for the mail server at once: each send here waits until
+    that many are under way (sent one after another, the first would wait in vain and fail), each on a
+    connection of its own; every one is recorded once."""
+    data = sample("payment_reminder")
+    concurrency = sender.settings.send_concurrency
+    assert concurrency > 1
+    ids = [
+        sender.create("payment_reminder", "CUST-1001", data, [Channel.email])[0]
+        for _ in range(2 * concurrency)
+    ]
+    adapter = sender.deliverer.adapters[Channel.email]
+    send = adapter.send
+    together = threading.Barrier(concurrency, timeout=10)
+
+    def all_at_once(envelope: Any, prepared: Any) -> Any:
+        together.wait()
+        return send(envelope, prepared)
+
+    monkeypatch.setattr(adapter, "send", all_at_once)
+    received_before, connections_before = len(sink.handler.messages), sink.handler.connections
+    chunk = sender.deliverer.deliver_many(ids)
+
+    assert chunk.statuses == dict.fromkeys(ids, DeliveryStatus.sent)
+    assert (chunk.retry, chunk.again, chunk.one_by_one) == ([], [], [])
+    assert len(sink.handler.messages) == received_before + len(ids)
+    assert sink.handler.connections - connections_before == concurrency
+    with database.read() as session:
+        sent_events = session.scalars(
+            select(AuditEvent.subject_id).where(
+                AuditEvent.subject_id.in_(ids), AuditEvent.action == "delivery.sent"
+            )
+        )
+        assert sorted(sent_events) == sorted(ids)
         assert audit.verify(session).ok
 
 
