@@ -12,6 +12,7 @@ it is escaped (quotes included, so that it cannot leave an attribute it sits in)
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from jinja2 import Environment, nodes
@@ -55,7 +56,7 @@ class EditableExtension(Extension):
 
     def region(self, name: str, context: Context, caller: Any) -> Any:
         message = context.get("message")
-        edits = message.get("edits") if isinstance(message, dict) else None
+        edits = message.get("edits") if isinstance(message, Mapping) else None
         if isinstance(edits, dict) and isinstance(edits.get(name), str):
             text: str = edits[name]
             # By the part, not by the autoescape setting, which the template itself can turn off.

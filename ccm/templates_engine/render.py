@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,7 +111,7 @@ class RenderedChannel:
 class RenderContext:
     customer: dict[str, Any]
     data: dict[str, Any]
-    message: dict[str, Any]
+    message: Mapping[str, Any]
     locale: str  # the customer's locale, for formatting: fr-CA formats money as in Canada
     timezone: str
 

@@ -193,11 +193,12 @@ def rendered(
             external_id=item.customer.external_id,
             channel=channel,
             date=item.communication.created_at.date(),
+            edits=edits,
         )
         context = RenderContext(
             customer=customer,
             data=item.communication.data,
-            message={**message, "edits": edits},
+            message=message,
             locale=item.communication.locale,
             timezone=str(customer.get("timezone") or "UTC"),
         )

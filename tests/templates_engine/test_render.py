@@ -6,8 +6,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ccm.channels import Channel
+from ccm.channels.portal import read_portal_token
+from ccm.config import Settings
+from ccm.customers.unsubscribe import unsubscribe_url
 from ccm.templates_engine import service
 from ccm.templates_engine.models import TemplateKind
+from ccm.templates_engine.preview import message_context
 from ccm.templates_engine.render import LoadedVersion, RenderContext, TemplateEngine
 from tests.templates_engine.conftest import Studio
 
@@ -234,3 +238,30 @@ def test_a_schema_stored_before_the_compile_check_is_still_checked() -> None:
     [error] = validator.errors({"a": 1}, pointer="/data")
     assert error.path == "/schema"
     assert "does not define" in error.message
+
+
+def test_a_templates_message_links_are_signed_for_the_customer_however_they_are_read(tmp_path: Any) -> None:
+    """`message` makes its signed links only when a template reads them; read as an attribute, an item,
+    with get(), `in` or as a whole, it is the same mapping."""
+    settings = Settings(data_dir=tmp_path)
+    engine = TemplateEngine(
+        load_version=lambda k, n: (_ for _ in ()).throw(LookupError(k)), output_limit=10**6, time_limit=5
+    )
+    body = (
+        "{{ message.unsubscribe_url }}|{{ message.get('portal_url') }}|{{ 'portal_url' in message }}"
+        "|{{ message['edits'].greeting }}|{{ message|list|sort|join(',') }}|{{ message.get('fax', 'none') }}"
+    )
+    message = message_context(
+        settings, "m-1", external_id="CUST-1001", channel=Channel.sms, edits={"greeting": "Hello"}
+    )
+    rendered = engine.render_channel(
+        version("links", {"parts": {"sms": {"body": body}}}),
+        Channel.sms,
+        RenderContext(customer={}, data={}, message=message, locale="en-GB", timezone="UTC"),
+    )
+    assert not rendered.problems, rendered.problems
+    unsubscribe, portal, present, greeting, names, missing = rendered.fields["body"].split("|")
+    assert unsubscribe == unsubscribe_url(settings, external_id="CUST-1001", channel=Channel.sms)
+    assert read_portal_token(settings, portal.rpartition("/")[2]) == "CUST-1001"
+    assert (present, greeting, missing) == ("True", "Hello", "none")
+    assert names == "date,edits,id,portal_url,unsubscribe_url"
