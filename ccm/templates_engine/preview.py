@@ -86,7 +86,7 @@ def message_context(
     if external_id is None:
         fields |= {"unsubscribe_url": f"{base}/unsubscribe/preview", "portal_url": f"{base}/portal/preview"}
         return MessageFields(fields, {})
-    customer = external_id
+    customer = external_id  # a str from here on, for the closures too
     return MessageFields(
         fields,
         {
