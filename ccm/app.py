@@ -58,7 +58,11 @@ def create_app(
         # Scaled out, this process only hands work to Redis; embedded, it also runs the worker and the relay.
         broker = configure_broker(settings)
         app.state.runtime = Runtime(
-            database=database, settings=settings, engine=app.state.engine, broker=broker
+            database=database,
+            settings=settings,
+            engine=app.state.engine,
+            broker=broker,
+            threads=settings.worker_threads,
         )
         worker = relay = None
         if settings.embedded:

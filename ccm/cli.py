@@ -110,7 +110,7 @@ def worker(
     database = Database(settings.resolved_database_url)
     engine = make_engine(database, settings)
     warm_live_versions(database, engine)
-    runtime = Runtime(database=database, settings=settings, engine=engine, broker=broker)
+    runtime = Runtime(database=database, settings=settings, engine=engine, broker=broker, threads=threads)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

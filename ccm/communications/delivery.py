@@ -165,17 +165,20 @@ class Deliverer:
         engine: TemplateEngine,
         adapters: Mapping[Channel, ChannelAdapter],
         artifacts: ArtifactStore,
+        chunk_threads: int = 1,
     ) -> None:
+        """`chunk_threads`: how many threads of this process may deliver chunks at once (the worker's
+        threads; one in a delivery process)."""
         self.database = database
         self.settings = settings
         self.engine = engine
         self.adapters = adapters
         self.artifacts = artifacts
-        # A chunk's sends, CCM_SEND_CONCURRENCY at a time for each thread delivering chunks. Threads are made
-        # only while none is idle, so a delivery process (one such thread) has no more than that. Each keeps
-        # its own connection (SmtpTransport and TwilioSmsSender keep one per thread).
+        # A chunk's sends, CCM_SEND_CONCURRENCY at a time for each thread delivering chunks, each sender
+        # thread with a connection of its own (SmtpTransport and TwilioSmsSender keep one per thread). Sized
+        # exactly: an executor may start a thread while a finished one has not yet said it is idle.
         self._senders = ThreadPoolExecutor(
-            max_workers=settings.send_concurrency * settings.worker_threads, thread_name_prefix="ccm-send"
+            max_workers=settings.send_concurrency * chunk_threads, thread_name_prefix="ccm-send"
         )
 
     def deliver(self, delivery_id: str) -> DeliveryStatus:
@@ -342,32 +345,42 @@ class Deliverer:
                 for future in finished:
                     outcome = future.result()  # raises only what is not an Exception (a time limit)
                     delivery_id, channel = in_flight.pop(future)
-                    if isinstance(outcome, Sent):
-                        sent.append((delivery_id, channel, outcome))
-                    elif isinstance(outcome, TransientDeliveryError):
-                        self._attempt_failed(delivery_id, outcome, claimed=True)
-                        chunk.retry.append(delivery_id)
-                    else:
-                        chunk.statuses[delivery_id] = self._failed(delivery_id, outcome, claimed=True)
+                    self._take(delivery_id, channel, outcome, sent, chunk)
                 if len(sent) >= RECORD_EVERY:
                     self._record_many(sent, chunk)  # if this fails, the finally tries them again
                     sent = []
         finally:
-            # A send cannot be taken back: those in flight are waited for, and recorded if they went.
+            # A send cannot be taken back: those in flight are waited for (what interrupts this wait is not
+            # caught: they keep their claims till the lease runs out), and taken as in the loop.
             unsent = [c[0] for c in waiting]
             for future, (delivery_id, channel) in in_flight.items():
-                try:
-                    outcome = future.result()
-                except BaseException:  # noqa: BLE001  # it did not finish: released, to be sent again
+                if future.exception() is not None:  # the sender itself was stopped: not sent
                     unsent.append(delivery_id)
                     continue
-                if isinstance(outcome, Sent):
-                    sent.append((delivery_id, channel, outcome))
-                else:
-                    unsent.append(delivery_id)  # released: deliver() tries it again, and records its error
+                try:
+                    self._take(delivery_id, channel, future.result(), sent, chunk)
+                except Exception:  # noqa: BLE001  # its failure not recorded (the database, as for the loop)
+                    unsent.append(delivery_id)
             chunk.again.extend(unsent)
             self._record_many(sent, chunk, release=unsent)
         return chunk
+
+    def _take(
+        self,
+        delivery_id: str,
+        channel: Channel,
+        outcome: _Outcome,
+        sent: list[tuple[str, Channel, Sent]],
+        chunk: Chunk,
+    ) -> None:
+        """One send's outcome: a send kept for the next record, or its failure recorded at once."""
+        if isinstance(outcome, Sent):
+            sent.append((delivery_id, channel, outcome))
+        elif isinstance(outcome, TransientDeliveryError):
+            self._attempt_failed(delivery_id, outcome, claimed=True)
+            chunk.retry.append(delivery_id)
+        else:
+            chunk.statuses[delivery_id] = self._failed(delivery_id, outcome, claimed=True)
 
     def _send_one(
         self, delivery_id: str, adapter: ChannelAdapter, envelope: Envelope, claim: Prepared | _Stored
@@ -806,11 +819,14 @@ def artifact_store(settings: Settings) -> ArtifactStore:
     return ArtifactStore(settings.data_dir / "artifacts")
 
 
-def make_deliverer(database: Database, settings: Settings, engine: TemplateEngine) -> Deliverer:
+def make_deliverer(
+    database: Database, settings: Settings, engine: TemplateEngine, *, chunk_threads: int = 1
+) -> Deliverer:
     return Deliverer(
         database=database,
         settings=settings,
         engine=engine,
         adapters=make_adapters(settings, database),
         artifacts=artifact_store(settings),
+        chunk_threads=chunk_threads,
     )

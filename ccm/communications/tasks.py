@@ -128,8 +128,15 @@ class Runtime:
     """What the actors of one process work with."""
 
     def __init__(
-        self, *, database: Database, settings: Settings, engine: TemplateEngine, broker: dramatiq.Broker
+        self,
+        *,
+        database: Database,
+        settings: Settings,
+        engine: TemplateEngine,
+        broker: dramatiq.Broker,
+        threads: int,
     ) -> None:
+        """`threads`: the worker's threads in this process, each of which may deliver a chunk."""
         self.database = database
         self.settings = settings
         self.queue = DramatiqQueue(broker, self, settings)
@@ -142,7 +149,7 @@ class Runtime:
         self._pipeline = Pipeline(
             database=database,
             settings=settings,
-            deliverer=make_deliverer(database, settings, engine),
+            deliverer=make_deliverer(database, settings, engine, chunk_threads=threads),
             queue=self.queue,
             deliver_chunk=self._processes.deliver_many if self._processes is not None else None,
         )

@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -18,7 +19,7 @@ from ccm.channels.sms_segments import count_segments
 from ccm.config import Settings
 from ccm.customers.models import Customer
 from ccm.customers.service import get_customer, public_profile
-from ccm.customers.unsubscribe import unsubscribe_url
+from ccm.customers.unsubscribe import signing_secret, unsubscribe_url
 from ccm.errors import CCMError, FieldError, InvalidInput
 from ccm.templates_engine import service
 from ccm.templates_engine.models import Template, TemplateKind, TemplateVersion
@@ -46,25 +47,35 @@ SAMPLE_CUSTOMER: dict[str, Any] = {
 }
 
 
-class MessageFields(Mapping[str, Any]):
-    """The `message` a template sees. Its signed links are made the first time the template reads them:
-    signing both took about a tenth of an email's delivery, and most templates use neither."""
+@dataclass(frozen=True)
+class _Signed:
+    """A link signed the first time a template reads it."""
 
-    def __init__(self, fields: dict[str, Any], links: dict[str, Callable[[], str]]) -> None:
-        self._fields = fields
-        self._links = links
+    make: Callable[[], str]
+
+
+class MessageFields(Mapping[str, Any]):
+    """The `message` a template sees, a mapping like a dict. Its signed links are made the first time the
+    template reads them: signing both took about a tenth of an email's delivery, and most templates use
+    neither."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = values
 
     def __getitem__(self, name: str) -> Any:
-        if name in self._fields:
-            return self._fields[name]
-        value = self._fields[name] = self._links[name]()  # a KeyError for a name that is neither
+        value = self._values[name]
+        if isinstance(value, _Signed):
+            value = self._values[name] = value.make()
         return value
 
     def __iter__(self) -> Iterator[str]:
-        return iter({**self._links, **self._fields})
+        return iter(self._values)
 
     def __len__(self) -> int:
-        return len(self._links.keys() | self._fields.keys())
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
 
 
 def message_context(
@@ -79,21 +90,25 @@ def message_context(
     """The `message` a template sees. For a real customer (external_id) the links are signed for them (the
     unsubscribe link for the channel being rendered); in a preview they lead to placeholder pages. `edits`:
     a reviewer's edits to the template's editable regions (ccm.templates_engine.editable)."""
-    fields: dict[str, Any] = {"id": message_id, "date": (date or dt.date.today()).isoformat()}
-    if edits is not None:
-        fields["edits"] = edits
     base = str(settings.public_base_url).rstrip("/")
+    links: dict[str, Any]
     if external_id is None:
-        fields |= {"unsubscribe_url": f"{base}/unsubscribe/preview", "portal_url": f"{base}/portal/preview"}
-        return MessageFields(fields, {})
-    customer = external_id  # a str from here on, for the closures too
-    return MessageFields(
-        fields,
-        {
-            "unsubscribe_url": lambda: unsubscribe_url(settings, external_id=customer, channel=channel),
-            "portal_url": lambda: portal_link(settings, external_id=customer),
-        },
-    )
+        links = {"unsubscribe_url": f"{base}/unsubscribe/preview", "portal_url": f"{base}/portal/preview"}
+    else:
+        customer = external_id  # a str from here on, for the closures too
+        # The secret now (it may be read or made in the data dir: an OSError is a delivery's transient
+        # failure, not a template's); only the signing waits for a template to read the link.
+        signing_secret(settings)
+        links = {
+            "unsubscribe_url": _Signed(
+                lambda: unsubscribe_url(settings, external_id=customer, channel=channel)
+            ),
+            "portal_url": _Signed(lambda: portal_link(settings, external_id=customer)),
+        }
+    values = {"id": message_id, "date": (date or dt.date.today()).isoformat(), **links}
+    if edits is not None:
+        values["edits"] = edits
+    return MessageFields(values)
 
 
 class RenderFailed(CCMError):

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from jinja2 import BaseLoader, StrictUndefined, Template, TemplateNotFound, nodes
@@ -141,6 +141,12 @@ def _size(value: Any, limit: int = sys.maxsize, depth: int = 32) -> int:
     return total
 
 
+def _json_value(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and type(value) is not bool
 
@@ -215,6 +221,8 @@ class TemplateEnvironment(ImmutableSandboxedEnvironment):
         for name in ("cycler", "joiner", "lipsum"):
             self.globals.pop(name, None)
         self.filters = {name: self._guard_filter(name, f) for name, f in self.filters.items()}
+        # tojson takes any mapping a template is given (such as `message`) as it takes a dict.
+        self.policies["json.dumps_kwargs"] = {"sort_keys": True, "default": _json_value}
 
     def add_filters(self, filters: dict[str, Callable[..., Any]]) -> None:
         """Register ccm's own filters, with the same guards as Jinja's."""

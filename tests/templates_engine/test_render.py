@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -249,7 +250,8 @@ def test_a_templates_message_links_are_signed_for_the_customer_however_they_are_
     )
     body = (
         "{{ message.unsubscribe_url }}|{{ message.get('portal_url') }}|{{ 'portal_url' in message }}"
-        "|{{ message['edits'].greeting }}|{{ message|list|sort|join(',') }}|{{ message.get('fax', 'none') }}"
+        "|{{ message['edits'].greeting }}|{{ message|join(',') }}|{{ message.get('fax', 'none') }}"
+        "|{{ message|tojson }}"
     )
     message = message_context(
         settings, "m-1", external_id="CUST-1001", channel=Channel.sms, edits={"greeting": "Hello"}
@@ -260,8 +262,12 @@ def test_a_templates_message_links_are_signed_for_the_customer_however_they_are_
         RenderContext(customer={}, data={}, message=message, locale="en-GB", timezone="UTC"),
     )
     assert not rendered.problems, rendered.problems
-    unsubscribe, portal, present, greeting, names, missing = rendered.fields["body"].split("|")
+    unsubscribe, portal, present, greeting, names, missing, whole = rendered.fields["body"].split("|")
     assert unsubscribe == unsubscribe_url(settings, external_id="CUST-1001", channel=Channel.sms)
     assert read_portal_token(settings, portal.rpartition("/")[2]) == "CUST-1001"
     assert (present, greeting, missing) == ("True", "Hello", "none")
-    assert names == "date,edits,id,portal_url,unsubscribe_url"
+    assert names == "id,date,unsubscribe_url,portal_url,edits"
+    as_json = json.loads(whole)
+    assert as_json["unsubscribe_url"] == unsubscribe
+    assert read_portal_token(settings, as_json["portal_url"].rpartition("/")[2]) == "CUST-1001"
+    assert as_json["edits"] == {"greeting": "Hello"}
