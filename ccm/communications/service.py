@@ -11,7 +11,7 @@ import datetime as dt
 import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import BindParameter, Select, Table, bindparam, select, update
 from sqlalchemy.orm import Session
@@ -808,5 +808,10 @@ def record_answers(
     return answered
 
 
-def is_marketing(communication: Communication) -> bool:
+class _Categorised(Protocol):
+    @property
+    def category(self) -> str: ...
+
+
+def is_marketing(communication: _Categorised) -> bool:
     return communication.category == Category.marketing.value

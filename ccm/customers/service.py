@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
@@ -152,7 +152,38 @@ def customer_out(session: Session, customer: Customer) -> CustomerOut:
     return _customer_out(customer, _consents(session, customer))
 
 
-def address_of(customer: Customer) -> dict[str, str | None] | None:
+class StoredProfile(Protocol):
+    """A customer's stored profile as read: an ORM Customer, or a row of the customers table."""
+
+    @property
+    def external_id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def email(self) -> str | None: ...
+    @property
+    def phone(self) -> str | None: ...
+    @property
+    def locale(self) -> str | None: ...
+    @property
+    def timezone(self) -> str | None: ...
+    @property
+    def address_line1(self) -> str | None: ...
+    @property
+    def address_line2(self) -> str | None: ...
+    @property
+    def address_city(self) -> str | None: ...
+    @property
+    def address_region(self) -> str | None: ...
+    @property
+    def address_postal_code(self) -> str | None: ...
+    @property
+    def address_country(self) -> str | None: ...
+    @property
+    def attributes(self) -> dict[str, Any]: ...
+
+
+def address_of(customer: StoredProfile) -> dict[str, str | None] | None:
     """The stored postal address (checked and normalised when it was saved), or None without one."""
     if not (customer.address_line1 and customer.address_city and customer.address_country):
         return None
@@ -166,7 +197,7 @@ def address_of(customer: Customer) -> dict[str, str | None] | None:
     }
 
 
-def public_profile(customer: Customer) -> dict[str, Any]:
+def public_profile(customer: StoredProfile) -> dict[str, Any]:
     """The profile's public fields as stored (checked and normalised when saved): what a template sees as
     `customer`, and the API shows with the consents and the rest."""
     return {

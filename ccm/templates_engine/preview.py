@@ -17,8 +17,7 @@ from ccm.channels.portal import portal_link
 from ccm.channels.print import LetterTooLarge, letter
 from ccm.channels.sms_segments import count_segments
 from ccm.config import Settings
-from ccm.customers.models import Customer
-from ccm.customers.service import get_customer, public_profile
+from ccm.customers.service import StoredProfile, get_customer, public_profile
 from ccm.customers.unsubscribe import signing_secret, unsubscribe_url
 from ccm.errors import CCMError, FieldError, InvalidInput
 from ccm.templates_engine import service
@@ -120,7 +119,7 @@ class RenderFailed(CCMError):
 _CUSTOMER_FIELDS = ("external_id", "name", "email", "phone", "locale", "timezone", "address", "attributes")
 
 
-def customer_context(customer: Customer) -> dict[str, Any]:
+def customer_context(customer: StoredProfile) -> dict[str, Any]:
     """The `customer` a template sees: the profile's public fields, as stored (built directly, not through
     the API's model, for every message of a batch)."""
     return public_profile(customer)
