@@ -19,7 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-from sqlalchemy import BindParameter, Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from ccm import audit
@@ -75,7 +75,18 @@ def make_adapters(settings: Settings, database: Database) -> dict[Channel, Chann
     }
 
 
-class _DeliveryFacts(Protocol):
+class _Claimable(Protocol):
+    """What deciding whether a delivery may be taken reads: an ORM Delivery, or a row of _CLAIM_ROWS."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def claimed_until(self) -> dt.datetime | None: ...
+    @property
+    def next_attempt_at(self) -> dt.datetime | None: ...
+
+
+class _DeliveryFacts(_Claimable, Protocol):
     """What delivering reads of a delivery: an ORM Delivery, or a row of _CHUNK_DELIVERIES."""
 
     @property
@@ -84,12 +95,6 @@ class _DeliveryFacts(Protocol):
     def communication_id(self) -> str: ...
     @property
     def channel(self) -> str: ...
-    @property
-    def status(self) -> str: ...
-    @property
-    def claimed_until(self) -> dt.datetime | None: ...
-    @property
-    def next_attempt_at(self) -> dt.datetime | None: ...
     @property
     def artifact_sha256(self) -> str | None: ...
     @property
@@ -197,7 +202,6 @@ _CLAIM_FRESH = (
 _CLAIM_STORED = update(_DELIVERIES).where(_DELIVERIES.c.id == bindparam("b_id")).values(claimed_until=_UNTIL)
 
 # What a chunk reads (rows, not ORM objects: loading and tracking 50 of each cost more than the queries).
-_IDS: BindParameter[Any] = bindparam("ids", expanding=True)
 _CHUNK_DELIVERIES = select(
     Delivery.id,
     Delivery.communication_id,
@@ -208,7 +212,7 @@ _CHUNK_DELIVERIES = select(
     Delivery.artifact_sha256,
     Delivery.recipient,
     Delivery.message_id,
-).where(Delivery.id.in_(_IDS))
+).where(Delivery.id.in_(service.IDS))
 _CHUNK_COMMUNICATIONS = select(
     Communication.id,
     Communication.customer_id,
@@ -219,8 +223,8 @@ _CHUNK_COMMUNICATIONS = select(
     Communication.data,
     Communication.options,
     Communication.created_at,
-).where(Communication.id.in_(_IDS))
-_CHUNK_CUSTOMERS = select(*cast(Table, Customer.__table__).c).where(Customer.id.in_(_IDS))
+).where(Communication.id.in_(service.IDS))
+_CHUNK_CUSTOMERS = select(*cast(Table, Customer.__table__).c).where(Customer.id.in_(service.IDS))
 
 
 def _plain(delivery: _DeliveryFacts) -> bool:
@@ -822,17 +826,6 @@ def _log_rendered(
             "details": fresh.prepared.details,
         },
     )
-
-
-class _Claimable(Protocol):
-    """What deciding whether a delivery may be taken reads: an ORM Delivery, or a row of _CLAIM_ROWS."""
-
-    @property
-    def status(self) -> str: ...
-    @property
-    def claimed_until(self) -> dt.datetime | None: ...
-    @property
-    def next_attempt_at(self) -> dt.datetime | None: ...
 
 
 def _held(delivery: _Claimable, now: dt.datetime) -> bool:

@@ -577,14 +577,16 @@ def lock_deliveries(session: Session, delivery_ids: Iterable[str]) -> dict[str, 
     }
 
 
-# Built once (they run in every chunk's transactions; building a statement costs more than running it).
-_IDS: BindParameter[Any] = bindparam("ids", expanding=True)
+# The expanding `ids` parameter of every statement over many rows at once (bound as {"ids": [...]}).
+# These statements are built once (they run in every chunk's transactions; building a statement costs more
+# than running it).
+IDS: BindParameter[Any] = bindparam("ids", expanding=True)
 
 
 def locking_deliveries(*columns: Any) -> Select[Any]:
     """A statement locking the deliveries whose ids are bound as `ids`, in the order of their ids (the
     order every lock on more than one delivery takes), and reading `columns` of them."""
-    return select(*columns).where(Delivery.id.in_(_IDS)).order_by(Delivery.id).with_for_update()
+    return select(*columns).where(Delivery.id.in_(IDS)).order_by(Delivery.id).with_for_update()
 
 
 _LOCK_DELIVERIES = locking_deliveries(Delivery)
@@ -601,13 +603,13 @@ _DELIVERY_ROWS = locking_deliveries(
 )
 _COMMUNICATION_ROWS = (
     select(Communication.id, Communication.status, Communication.routing, Communication.reference)
-    .where(Communication.id.in_(_IDS))
+    .where(Communication.id.in_(IDS))
     .order_by(Communication.id)
     .with_for_update()
 )
 _OTHER_DELIVERY_ROWS = select(
     Delivery.id, Delivery.communication_id, Delivery.channel, Delivery.status, Delivery.print_batch_id
-).where(Delivery.communication_id.in_(_IDS), Delivery.id.not_in(bindparam("known", expanding=True)))
+).where(Delivery.communication_id.in_(IDS), Delivery.id.not_in(bindparam("known", expanding=True)))
 _RECORD_MOVE = (
     update(_DELIVERIES)
     .where(_DELIVERIES.c.id == bindparam("b_id"))
@@ -634,7 +636,7 @@ _SETTLE_COMMUNICATION = (
         updated_at=bindparam("b_updated_at", type_=_COMMUNICATIONS.c.updated_at.type),
     )
 )
-_RELEASE = update(_DELIVERIES).where(_DELIVERIES.c.id.in_(_IDS)).values(claimed_until=None)
+_RELEASE = update(_DELIVERIES).where(_DELIVERIES.c.id.in_(IDS)).values(claimed_until=None)
 
 
 def deliveries_of(session: Session, communication_id: str) -> list[Delivery]:

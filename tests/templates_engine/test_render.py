@@ -36,14 +36,19 @@ def version(
     )
 
 
+def standalone_engine() -> TemplateEngine:
+    """An engine rendering only the versions it is given: no layouts or snippets to load."""
+    return TemplateEngine(
+        load_version=lambda k, n: (_ for _ in ()).throw(LookupError(k)), output_limit=10**6, time_limit=5
+    )
+
+
 def context(name: str, locale: str = "en-GB") -> RenderContext:
     return RenderContext(customer={"name": name}, data={}, message={}, locale=locale, timezone="UTC")
 
 
 def test_concurrent_emails_never_mix_their_texts() -> None:
-    engine = TemplateEngine(
-        load_version=lambda k, n: (_ for _ in ()).throw(LookupError(k)), output_limit=10**6, time_limit=5
-    )
+    engine = standalone_engine()
     versions = [
         version(
             f"t{i}",
@@ -67,9 +72,7 @@ def test_concurrent_emails_never_mix_their_texts() -> None:
 
 
 def test_the_plain_text_of_an_html_email_keeps_what_a_reader_needs() -> None:
-    engine = TemplateEngine(
-        load_version=lambda k, n: (_ for _ in ()).throw(LookupError(k)), output_limit=10**6, time_limit=5
-    )
+    engine = standalone_engine()
     html = (
         "<html><head><title>Not shown</title><style>p { color: red; }</style></head><body>"
         "<script>alert(1)</script><p>Dear {{ customer.name }},</p>"
@@ -245,9 +248,7 @@ def test_a_templates_message_links_are_signed_for_the_customer_however_they_are_
     """`message` makes its signed links only when a template reads them; read as an attribute, an item,
     with get(), `in` or as a whole, it is the same mapping."""
     settings = Settings(data_dir=tmp_path)
-    engine = TemplateEngine(
-        load_version=lambda k, n: (_ for _ in ()).throw(LookupError(k)), output_limit=10**6, time_limit=5
-    )
+    engine = standalone_engine()
     body = (
         "{{ message.unsubscribe_url }}|{{ message.get('portal_url') }}|{{ 'portal_url' in message }}"
         "|{{ message['edits'].greeting }}|{{ message|join(',') }}|{{ message.get('fax', 'none') }}"
