@@ -243,6 +243,18 @@ class CcmServer:
             total += int(fields[11]) + int(fields[12])
         return total / os.sysconf("SC_CLK_TCK")
 
+    def written_bytes(self) -> int:
+        """Bytes the server's processes have had written to storage so far (write_bytes in /proc/PID/io:
+        the database, its log and the artifacts, counted as each process dirties them)."""
+        total = 0
+        for pid in self.processes():
+            try:
+                lines = Path(f"/proc/{pid}/io").read_text().splitlines()
+            except OSError:
+                continue
+            total += sum(int(line.split()[1]) for line in lines if line.startswith("write_bytes:"))
+        return total
+
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
@@ -387,6 +399,11 @@ def pipeline_setup(directory: Path, *, customers: int, smtp_port: int | None = N
         "CCM_DATA_DIR": str(directory),
         "CCM_EMAIL_FROM": SENDER_EMAIL,
         "CCM_LOG_LEVEL": "INFO",
+    }
+    # A setting tried on the server without editing the benchmark: BENCH_CCM_DELIVERY_PROCESSES=3 runs it
+    # with CCM_DELIVERY_PROCESSES=3 (CcmServer passes on none of the shell's own CCM_ variables).
+    environment |= {
+        name[len("BENCH_") :]: value for name, value in os.environ.items() if name.startswith("BENCH_CCM_")
     }
     if smtp_port:
         environment |= {"CCM_SMTP_HOST": "127.0.0.1", "CCM_SMTP_PORT": str(smtp_port)}

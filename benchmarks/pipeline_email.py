@@ -141,6 +141,7 @@ def run(*, quick: bool = False) -> None:
             try:
                 before = sink.received
                 cpu_before = server.cpu_seconds()
+                written_before = server.written_bytes()
                 started = time.perf_counter()
                 status, body = client.request(
                     "POST", "/v1/batches", chunked(lines), {"Content-Type": "application/x-ndjson"}
@@ -177,6 +178,7 @@ def run(*, quick: bool = False) -> None:
                     time.sleep(0.01)
                 elapsed = time.perf_counter() - started
                 cpu = server.cpu_seconds() - cpu_before
+                written = server.written_bytes() - written_before
                 assert sink.received - before == count, (sink.received - before, count)
                 peak = server.peak_rss()
                 peaks_under = server.peak_rss_under()
@@ -205,7 +207,8 @@ def run(*, quick: bool = False) -> None:
         f"   where the time went: the batch answered (all {count:,} stored) after {accepted_after:.1f}s"
         f" ({count / accepted_after:,.0f} rows/s) with {sent_at_acceptance:,} sent meanwhile; the other"
         f" {count - sent_at_acceptance:,} sent in the {elapsed - accepted_after:.1f}s after;"
-        f" the server used {cpu:.1f}s of CPU ({cpu / count * 1e3:.2f} ms a communication),"
+        f" the server used {cpu:.1f}s of CPU ({cpu / count * 1e3:.2f} ms a communication) and wrote"
+        f" {written / count / 1000:,.0f} kB a communication to disk,"
         f" peak memory {peak / 2**20:,.0f} MB"
         + "".join(f", a delivery process {under / 2**20:,.0f} MB" for under in peaks_under)
     )
