@@ -4,9 +4,9 @@ communication on one channel. Deliveries move through a monotonic state machine 
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from typing import Any
 
+import uuid_utils
 from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -16,8 +16,12 @@ BigId = BigInteger().with_variant(Integer, "sqlite")
 
 
 def new_id() -> str:
-    """Ids handed to integrators and customers: random, so one id tells nothing about another."""
-    return str(uuid.uuid4())
+    """Ids handed to integrators and customers: UUID version 7 (RFC 9562), the millisecond it was made then
+    74 random bits, so no id can be guessed from another, and rows made together sit together in every
+    index keyed by an id (a random UUID put each of a commit's rows on a page of its own: a third more
+    written to disk an email, docs/benchmarks.md). The time it shows is the row's `created_at`, shown
+    anyway."""
+    return str(uuid_utils.uuid7())
 
 
 class Communication(Base):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,37 @@ def test_a_csv_batch_with_a_column_mapping(
         "amelia.hartley@example.co.uk",
         "k.vogel@example.de",
     ]
+
+
+def test_a_batchs_ids_are_time_ordered_in_the_order_of_its_rows(
+    client: TestClient, sender_key: dict[str, str], sink: SmtpSink, database: Database
+) -> None:
+    """UUID version 7: made now (not run ahead of the clock by a big batch), and sorting as the rows came, so
+    that a batch's rows sit together in every index keyed by an id."""
+    good = {"template": "payment_reminder", "data": sample("payment_reminder"), "channels": ["email"]}
+    customers = ["CUST-1001", "CUST-1002", "CUST-1003", "CUST-1004", "CUST-1005"]
+    rows = [line(**good, customer=c, reference=f"ORDER-{n}") for n, c in enumerate(customers * 40)]
+    before = time.time()
+    response = client.post(
+        "/v1/batches",
+        content="\n".join(rows).encode(),
+        headers={**sender_key, "Content-Type": "application/x-ndjson"},
+    )
+    after = time.time()
+    assert response.status_code == 201, response.text
+    with database.read() as session:
+        made = list(
+            session.execute(
+                select(Communication.id, Communication.reference)
+                .where(Communication.batch_id == response.json()["id"])
+                .order_by(Communication.id)
+            )
+        )
+    assert [reference for _, reference in made] == [f"ORDER-{n}" for n in range(200)]
+    for communication_id, _ in made:
+        made_at = uuid.UUID(communication_id)
+        assert made_at.version == 7
+        assert before - 0.002 <= (made_at.int >> 80) / 1000 <= after + 0.002
 
 
 def test_what_a_batch_must_say_about_itself(client: TestClient, sender_key: dict[str, str]) -> None:
