@@ -16,11 +16,12 @@ BigId = BigInteger().with_variant(Integer, "sqlite")
 
 
 def new_id() -> str:
-    """Ids handed to integrators and customers: UUID version 7 (RFC 9562), the millisecond it was made then
-    74 random bits, so no id can be guessed from another, and rows made together sit together in every
-    index keyed by an id (a random UUID put each of a commit's rows on a page of its own: a third more
-    written to disk an email, docs/benchmarks.md). The time it shows is the row's `created_at`, shown
-    anyway."""
+    """Ids handed to integrators and customers: UUID version 7 (RFC 9562): the millisecond it was made, a
+    counter that keeps one millisecond's ids in order (started at random each millisecond), 32 random bits.
+    Rows made together sit together in every index keyed by an id (a random UUID put each of a commit's rows
+    on a page of its own: half as much again written to disk an email, docs/benchmarks.md). An id is no
+    secret: every endpoint checks its caller's key or the portal's signed link, never an id alone; the time
+    it shows is the row's `created_at`, shown anyway."""
     return str(uuid_utils.uuid7())
 
 
