@@ -30,8 +30,7 @@ from ccm.communications.service import GIVEN_UP, CommunicationStatus
 from ccm.communications.status import DeliveryStatus
 from ccm.config import Settings
 from ccm.customers.models import Customer
-from ccm.db import Database, lock_name, utcnow
-from ccm.templates_engine.models import TemplateVersion
+from ccm.db import Database, utcnow
 from ccm.workflows import reviews
 
 log = logging.getLogger(__name__)
@@ -117,69 +116,15 @@ class Pipeline:
                 self.queue.route(communication_id, bulk=True)
 
     def _route_chunk(self, communication_ids: list[str]) -> None:
-        now = utcnow()
-        later: list[tuple[str, dt.datetime, bool]] = []
-        handed: list[tuple[str, dt.datetime | None, bool]] = []
         with self.database.transaction() as session, audit.batched(session):
-            communications = list(
-                session.scalars(
-                    select(Communication)
-                    .where(Communication.id.in_(set(communication_ids)))
-                    .order_by(Communication.id)
-                    .with_for_update()
-                )
-            )
-            # The customers, their consents and the versions read at once, and held here (the session's
-            # identity map holds them weakly) so that routing each one takes no query, and no flush.
-            customer_ids = {c.customer_id for c in communications}
-            kept = [
-                *session.scalars(select(Customer).where(Customer.id.in_(customer_ids))),
-                *session.scalars(
-                    select(TemplateVersion).where(
-                        TemplateVersion.id.in_({c.template_version_id for c in communications})
-                    )
-                ),
-            ]
-            consents = routing.consents_of_many(session, customer_ids)
-            # Frequency caps lock (customer, category) while routing; for many customers at once, taken up
-            # front in one order, so that two chunks never wait on each other's.
-            for customer_id, category in sorted(
-                {
-                    (c.customer_id, c.category)
-                    for c in communications
-                    if c.category in self.settings.frequency_caps
-                }
-            ):
-                lock_name(session, f"cap:{customer_id}:{category}")
-            for communication in communications:
-                if communication.status != CommunicationStatus.accepted.value:
-                    continue
-                bulk = communication.batch_id is not None
-                if communication.due_at > now:
-                    # Early (a scheduled send, a delay rounded down, clocks apart): queued again till due.
-                    communication.enqueued_at = queueing.enqueued_at(self.settings, communication.due_at, now)
-                    later.append((communication.id, communication.due_at, bulk))
-                    continue
-                routed = service.route(
-                    session,
-                    self.settings,
-                    communication,
-                    actor=SYSTEM,
-                    consents=consents[communication.customer_id],
-                )
-                for delivery in routed:
-                    delivery.enqueued_at = queueing.enqueued_at(
-                        self.settings, max(delivery.next_attempt_at or now, now), now
-                    )
-                    handed.append((delivery.id, delivery.next_attempt_at, bulk))
-        del kept
-        for communication_id, due_at, bulk in later:
+            routed = service.route_many(session, self.settings, communication_ids, actor=SYSTEM)
+        for communication_id, due_at, bulk in routed.later:
             self.queue.route(communication_id, due_at, bulk=bulk)
-        for ids in chunks([i for i, at, bulk in handed if bulk and (at is None or at <= now)]):
+        for ids in chunks([d.id for d in routed.deliveries if d.bulk]):
             self.queue.deliver_many(ids)
-        for delivery_id, at, bulk in handed:
-            if not bulk or (at is not None and at > now):
-                self.queue.deliver(delivery_id, at, bulk=bulk)
+        for delivery in routed.deliveries:
+            if not delivery.bulk:
+                self.queue.deliver(delivery.id)
 
     # --- delivering -----------------------------------------------------------------------------------------
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import datetime as dt
 import zoneinfo
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from ccm.channels import Channel
 from ccm.communications.models import Communication
 from ccm.config import Settings, parse_cap
-from ccm.customers.models import Consent, Customer
+from ccm.customers.models import Consent
 from ccm.db import lock_name
 from ccm.templates_engine.models import Category
 
@@ -38,6 +38,30 @@ _ADDRESSES = {
 # The template's channels, when the customer states no preference: cheapest and quickest first.
 DEFAULT_ORDER = (Channel.email, Channel.sms, Channel.portal, Channel.print)
 COUNTED = ("routed", "sent", "delivered", "failed")  # statuses that count against a frequency cap
+
+
+class Routable(Protocol):
+    """What the decision reads of a communication: an ORM object, or a row read with these columns."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def category(self) -> str: ...
+    @property
+    def channels(self) -> list[str]: ...
+    @property
+    def decision(self) -> dict[str, Any] | None: ...
+
+
+class Recipient(Protocol):
+    """What the decision reads of a customer (besides the channels that reach them)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def e_delivery(self) -> bool: ...
+    @property
+    def preferred_channels(self) -> list[str]: ...
 
 
 @dataclass
@@ -56,7 +80,7 @@ class Decision:
         }
 
 
-def consents_of(session: Session, customer: Customer) -> dict[tuple[str, str], bool]:
+def consents_of(session: Session, customer: Recipient) -> dict[tuple[str, str], bool]:
     """The customer's consents: (channel, purpose) -> granted."""
     return consents_of_many(session, [customer.id])[customer.id]
 
@@ -64,7 +88,11 @@ def consents_of(session: Session, customer: Customer) -> dict[tuple[str, str], b
 def consents_of_many(session: Session, customer_ids: Iterable[int]) -> dict[int, dict[tuple[str, str], bool]]:
     """Many customers' consents, read at once."""
     found: dict[int, dict[tuple[str, str], bool]] = {i: {} for i in customer_ids}
-    for row in session.scalars(select(Consent).where(Consent.customer_id.in_(list(found)))):
+    for row in session.execute(
+        select(Consent.customer_id, Consent.channel, Consent.purpose, Consent.granted).where(
+            Consent.customer_id.in_(list(found))
+        )
+    ):
         found[row.customer_id][(row.channel, row.purpose)] = row.granted
     return found
 
@@ -73,9 +101,9 @@ def decide(
     session: Session,
     settings: Settings,
     *,
-    communication: Communication,
-    customer: Customer,
-    parts: set[str],
+    communication: Routable,
+    customer: Recipient,
+    parts: Set[str],
     reachable: set[Channel],
     now: dt.datetime,
     consents: Mapping[tuple[str, str], bool] | None = None,

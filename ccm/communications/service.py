@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence, Set
+from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-from sqlalchemy import BindParameter, Select, Table, bindparam, select, update
+from sqlalchemy import BindParameter, Select, Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from ccm import audit
 from ccm.channels import Channel
 from ccm.channels.email import make_message_id
-from ccm.communications import events, routing
+from ccm.communications import events, queueing, routing
 from ccm.communications.models import Communication, Delivery, new_id
 from ccm.communications.status import DeliveryStatus, can_move
 from ccm.config import Settings
 from ccm.customers.models import Customer
-from ccm.db import utcnow
+from ccm.customers.service import StoredProfile
+from ccm.db import lock_name, utcnow
 from ccm.errors import CCMError, Conflict, FieldError, InvalidInput, NotFound
 from ccm.templates_engine import service as templates
 from ccm.templates_engine.models import Category, Template, TemplateKind, TemplateVersion
@@ -60,6 +62,11 @@ _NOT_AFTER = {
 
 GIVEN_UP = frozenset({DeliveryStatus.failed, DeliveryStatus.undelivered, DeliveryStatus.cancelled})
 
+# The expanding `ids` parameter of every statement over many rows at once (bound as {"ids": [...]}).
+IDS: BindParameter[Any] = bindparam("ids", expanding=True)
+_DELIVERIES = cast(Table, Delivery.__table__)
+_COMMUNICATIONS = cast(Table, Communication.__table__)
+
 
 class DuplicateReference(Conflict):
     slug = "duplicate-reference"
@@ -69,7 +76,7 @@ class DuplicateReference(Conflict):
 _ADDRESS = {Channel.email: "email address", Channel.sms: "mobile number", Channel.print: "postal address"}
 
 
-def postal_address(customer: Customer) -> str | None:
+def postal_address(customer: StoredProfile) -> str | None:
     if not customer.address_line1 or not (customer.address_city or customer.address_postal_code):
         return None
     parts = [
@@ -81,7 +88,7 @@ def postal_address(customer: Customer) -> str | None:
     return ", ".join(p for p in parts if p)
 
 
-def recipient_for(customer: Customer, channel: Channel) -> str | None:
+def recipient_for(customer: StoredProfile, channel: Channel) -> str | None:
     """Where a delivery on `channel` goes, or None when the customer cannot be reached that way."""
     if channel is Channel.email:
         return customer.email
@@ -335,24 +342,33 @@ def store_communication(
     return communication
 
 
+def delivery_row(
+    settings: Settings, communication_id: str, customer_id: int, recipient: str | None, channel: Channel
+) -> dict[str, Any]:
+    """The columns of a new, pending delivery (every column a new one sets, so that many insert together)."""
+    now = utcnow()
+    return {
+        "id": new_id(),
+        "communication_id": communication_id,
+        "customer_id": customer_id,
+        "channel": channel.value,
+        "status": DeliveryStatus.pending.value,
+        "recipient": recipient,
+        "message_id": make_message_id(settings.email_from) if channel is Channel.email else None,
+        "details": {},
+        "attempts": 0,
+        "enqueued_at": None,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
 def new_delivery(
     session: Session, settings: Settings, communication: Communication, customer: Customer, channel: Channel
 ) -> Delivery:
-    now = utcnow()
     delivery = Delivery(
-        id=new_id(),
-        communication_id=communication.id,
-        customer_id=customer.id,
-        channel=channel.value,
-        status=DeliveryStatus.pending.value,
-        recipient=recipient_for(customer, channel),
-        details={},
-        attempts=0,
-        created_at=now,
-        updated_at=now,
+        **delivery_row(settings, communication.id, customer.id, recipient_for(customer, channel), channel)
     )
-    if channel is Channel.email:
-        delivery.message_id = make_message_id(settings.email_from)
     session.add(delivery)
     return delivery
 
@@ -429,22 +445,176 @@ def emit_status(
     )
 
 
-def route(
+class RoutableCommunication(routing.Routable, Protocol):
+    """What routing reads of an accepted communication: a row of ROUTE_COLUMNS."""
+
+    @property
+    def customer_id(self) -> int: ...
+    @property
+    def template_version_id(self) -> int: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def reference(self) -> str | None: ...
+
+
+class RoutableCustomer(routing.Recipient, StoredProfile, Protocol):
+    pass
+
+
+# What routing reads of communications, locked, in the order every lock on more than one takes.
+ROUTE_COLUMNS = (
+    select(
+        Communication.id,
+        Communication.customer_id,
+        Communication.template_version_id,
+        Communication.category,
+        Communication.status,
+        Communication.channels,
+        Communication.decision,
+        Communication.reference,
+        Communication.due_at,
+        Communication.batch_id,
+    )
+    .where(Communication.id.in_(IDS))
+    .order_by(Communication.id)
+    .with_for_update()
+)
+
+
+_INSERT_DELIVERIES = insert(_DELIVERIES)
+_ROUTED = (
+    update(_COMMUNICATIONS)
+    .where(_COMMUNICATIONS.c.id == bindparam("b_id"))
+    .values(
+        status=bindparam("b_status"),
+        routing=bindparam("b_routing", type_=_COMMUNICATIONS.c.routing.type),
+        updated_at=bindparam("b_updated_at", type_=_COMMUNICATIONS.c.updated_at.type),
+    )
+)
+_REQUEUED = (
+    update(_COMMUNICATIONS)
+    .where(_COMMUNICATIONS.c.id == bindparam("b_id"))
+    .values(enqueued_at=bindparam("b_enqueued_at", type_=_COMMUNICATIONS.c.enqueued_at.type))
+)
+_ROUTE_CUSTOMERS = select(*cast(Table, Customer.__table__).c).where(Customer.id.in_(IDS))
+_ROUTE_PARTS = select(TemplateVersion.id, TemplateVersion.content).where(TemplateVersion.id.in_(IDS))
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    id: str
+    communication_id: str
+    channel: str
+    bulk: bool  # a batch's
+
+
+@dataclass
+class RoutedMany:
+    """What route_many() made, for the caller to hand over once it has committed: the new deliveries (each
+    recorded as queued now), and the communications not yet due, as (id, due time, a batch's)."""
+
+    deliveries: list[NewDelivery] = field(default_factory=list)
+    later: list[tuple[str, dt.datetime, bool]] = field(default_factory=list)
+
+
+def route_many(
+    session: Session, settings: Settings, communication_ids: Iterable[str], *, actor: str
+) -> RoutedMany:
+    """Decide the channels of the accepted communications among these that are due, and make their first
+    deliveries (all of them, or the first of a fallback chain), with their log and webhook events; the ones
+    not yet due are recorded as queued again for their time. The communications are locked here.
+
+    Rows, not ORM objects, read and written with a statement a table for them all: loading, tracking and
+    flushing each communication, customer and delivery was most of what routing a batch's chunk cost."""
+    now = utcnow()
+    result = RoutedMany()
+    communications = list(session.execute(ROUTE_COLUMNS, {"ids": list(set(communication_ids))}))
+    customer_ids = {c.customer_id for c in communications}
+    customers = {c.id: c for c in session.execute(_ROUTE_CUSTOMERS, {"ids": list(customer_ids)})}
+    versions = {c.template_version_id for c in communications}
+    parts = {
+        v.id: frozenset(v.content.get("parts", {}))
+        for v in session.execute(_ROUTE_PARTS, {"ids": list(versions)})
+    }
+    consents = routing.consents_of_many(session, customer_ids)
+    # Frequency caps lock (customer, category) while routing; for many customers at once, taken up front in
+    # one order, so that two chunks never wait on each other's.
+    for customer_id, category in sorted(
+        {(c.customer_id, c.category) for c in communications if c.category in settings.frequency_caps}
+    ):
+        lock_name(session, f"cap:{customer_id}:{category}")
+    requeued: list[dict[str, Any]] = []
+    routed: list[dict[str, Any]] = []
+    deliveries: list[dict[str, Any]] = []
+
+    def write() -> None:
+        for statement, rows in ((_REQUEUED, requeued), (_ROUTED, routed), (_INSERT_DELIVERIES, deliveries)):
+            if rows:
+                session.execute(statement, rows)
+                rows.clear()
+
+    for communication in communications:
+        if communication.status != CommunicationStatus.accepted.value:
+            continue
+        bulk = communication.batch_id is not None
+        if communication.due_at > now:
+            # Early (a scheduled send, a delay rounded down, clocks apart): queued again till due.
+            requeued.append(
+                {
+                    "b_id": communication.id,
+                    "b_enqueued_at": queueing.enqueued_at(settings, communication.due_at, now),
+                }
+            )
+            result.later.append((communication.id, communication.due_at, bulk))
+            continue
+        if communication.category in settings.frequency_caps:
+            write()  # the cap counts what the database says went out: the ones routed before this too
+        status, decision, made = _route_one(
+            session,
+            settings,
+            communication,
+            customers[communication.customer_id],
+            parts[communication.template_version_id],
+            actor=actor,
+            now=now,
+            consents=consents[communication.customer_id],
+        )
+        routed.append(
+            {
+                "b_id": communication.id,
+                "b_status": status.value,
+                "b_routing": {**decision.as_dict(), "decided_at": now.isoformat()},
+                "b_updated_at": now,
+            }
+        )
+        for row in made:
+            row["enqueued_at"] = queueing.enqueued_at(settings, now, now)
+            deliveries.append(row)
+            result.deliveries.append(NewDelivery(row["id"], communication.id, row["channel"], bulk))
+    write()
+    for communication in communications:
+        # An ORM object of one in the session (the caller made it) reads its new status, not its old.
+        known = session.identity_map.get(identity_key(Communication, communication.id))
+        if known is not None:
+            session.expire(known)
+    return result
+
+
+def _route_one(
     session: Session,
     settings: Settings,
-    communication: Communication,
+    communication: RoutableCommunication,
+    customer: RoutableCustomer,
+    parts: Set[str],
     *,
     actor: str,
-    consents: Mapping[tuple[str, str], bool] | None = None,
-) -> list[Delivery]:
-    """Decide the channels of an accepted communication and make its first deliveries (all of them, or the
-    first of a fallback chain). The caller holds the communication's row lock; `consents`, the customer's,
-    when the caller read them (for many customers at once)."""
-    customer = session.get_one(Customer, communication.customer_id)
-    version = session.get_one(TemplateVersion, communication.template_version_id)
-    parts = set(version.content.get("parts", {}))
+    now: dt.datetime,
+    consents: Mapping[tuple[str, str], bool],
+) -> tuple[CommunicationStatus, routing.Decision, list[dict[str, Any]]]:
+    """One communication's decision, its status after it, and the rows of its first deliveries; its log and
+    webhook events are written here."""
     reachable = {c for c in Channel if recipient_for(customer, c) is not None}
-    now = utcnow()
     decision = routing.decide(
         session,
         settings,
@@ -455,7 +625,6 @@ def route(
         now=now,
         consents=consents,
     )
-    communication.routing = {**decision.as_dict(), "decided_at": now.isoformat()}
     for suppressed in decision.suppressed:
         audit.append(
             session,
@@ -465,24 +634,30 @@ def route(
             subject_id=communication.id,
             payload=suppressed,
         )
-    if not decision.chain:
-        set_status(
-            session, communication, CommunicationStatus.suppressed, actor=actor, payload=decision.as_dict()
-        )
-        return []
     first = decision.chain if decision.mode == "all" else decision.chain[:1]
-    deliveries = [new_delivery(session, settings, communication, customer, channel) for channel in first]
-    set_status(
-        session,
-        communication,
-        CommunicationStatus.routed,
-        actor=actor,
-        payload={
+    deliveries = [
+        delivery_row(settings, communication.id, customer.id, recipient_for(customer, channel), channel)
+        for channel in first
+    ]
+    if deliveries:
+        status = CommunicationStatus.routed
+        payload = {
             **decision.as_dict(),
-            "deliveries": [{"id": d.id, "channel": d.channel} for d in deliveries],
-        },
+            "deliveries": [{"id": d["id"], "channel": d["channel"]} for d in deliveries],
+        }
+    else:
+        status = CommunicationStatus.suppressed
+        payload = decision.as_dict()
+    _log_status(
+        session,
+        communication.id,
+        communication.status,
+        status,
+        communication.reference,
+        actor=actor,
+        payload=payload,
     )
-    return deliveries
+    return status, decision, deliveries
 
 
 def fall_back(session: Session, settings: Settings, delivery: Delivery, *, actor: str) -> Delivery | None:
@@ -577,10 +752,8 @@ def lock_deliveries(session: Session, delivery_ids: Iterable[str]) -> dict[str, 
     }
 
 
-# The expanding `ids` parameter of every statement over many rows at once (bound as {"ids": [...]}).
-# These statements are built once (they run in every chunk's transactions; building a statement costs more
-# than running it).
-IDS: BindParameter[Any] = bindparam("ids", expanding=True)
+# The statements over many rows at once (above and below) are built once: they run in every chunk's
+# transactions, and building a statement costs more than running it.
 
 
 def locking_deliveries(*columns: Any) -> Select[Any]:
@@ -590,8 +763,6 @@ def locking_deliveries(*columns: Any) -> Select[Any]:
 
 
 _LOCK_DELIVERIES = locking_deliveries(Delivery)
-_DELIVERIES = cast(Table, Delivery.__table__)
-_COMMUNICATIONS = cast(Table, Communication.__table__)
 _DELIVERY_ROWS = locking_deliveries(
     Delivery.id,
     Delivery.communication_id,

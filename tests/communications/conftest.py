@@ -85,10 +85,10 @@ class Sender:
     def _routed(self, session: Session, communication: Communication) -> list[str]:
         """Routes it here (unless the app's relay got there first), and marks its deliveries as in the queue's
         hands, so that the pipeline running in a test's app leaves them to this test."""
-        if communication.status == "accepted":
-            deliveries = service.route(session, self.settings, communication, actor="test:router")
-        else:
-            deliveries = service.deliveries_of(session, communication.id)
+        if communication.status == "accepted":  # its deliveries made as queued now
+            routed = service.route_many(session, self.settings, [communication.id], actor="test:router")
+            return [d.id for d in routed.deliveries]
+        deliveries = service.deliveries_of(session, communication.id)
         for delivery in deliveries:
             delivery.enqueued_at = utcnow()
         return [d.id for d in deliveries]

@@ -14,6 +14,7 @@ from dramatiq.middleware.time_limit import TimeLimitExceeded
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from ccm import audit
 from ccm.audit.models import AuditEvent
@@ -66,7 +67,7 @@ def fallback_communication(sender: Sender, database: Database) -> tuple[str, str
             data=sample("welcome"),
             actor="test",
         )
-        [first] = service.route(session, sender.settings, communication, actor="test")
+        [first] = service.route_many(session, sender.settings, [communication.id], actor="test").deliveries
         first = service.get_delivery(session, first.id, for_update=True)
         service.move(session, first, DeliveryStatus.failed, actor="test", payload={"error": "550"})
         return communication.id, first.id
@@ -123,32 +124,55 @@ def test_a_letter_waiting_for_its_print_batch_can_be_cancelled(
     assert sender.delivery(delivery.id).status == DeliveryStatus.cancelled
 
 
-def test_the_frequency_cap_counts_what_went_out_not_what_is_scheduled(
-    sender: Sender, database: Database
-) -> None:
-    later = utcnow() + dt.timedelta(days=30)
-    with database.transaction() as session:
-        customer = session.scalars(select(Customer).where(Customer.external_id == "CUST-1001")).one()
-        for _ in range(3):
-            service.create_communication(
-                session,
-                sender.settings,
-                template_key="marketing_offer",
-                customer=customer,
-                data=sample("marketing_offer"),
-                actor="test",
-                send_at=later,
-            )
-        today = service.create_communication(
+def marketing_offers(
+    sender: Sender, session: Session, count: int, *, send_at: dt.datetime | None = None
+) -> list[str]:
+    """`count` marketing offers to CUST-1001 (who opted in to marketing by email), accepted, not routed."""
+    customer = session.scalars(select(Customer).where(Customer.external_id == "CUST-1001")).one()
+    return [
+        service.create_communication(
             session,
             sender.settings,
             template_key="marketing_offer",
             customer=customer,
             data=sample("marketing_offer"),
             actor="test",
-        )
-        deliveries = service.route(session, sender.settings, today, actor="test")
+            send_at=send_at,
+        ).id
+        for _ in range(count)
+    ]
+
+
+def test_the_frequency_cap_counts_what_went_out_not_what_is_scheduled(
+    sender: Sender, database: Database
+) -> None:
+    with database.transaction() as session:
+        marketing_offers(sender, session, 3, send_at=utcnow() + dt.timedelta(days=30))
+        today = marketing_offers(sender, session, 1)
+        deliveries = service.route_many(session, sender.settings, today, actor="test").deliveries
     assert [d.channel for d in deliveries] == ["email"]
+
+
+def test_the_frequency_cap_holds_within_one_chunk(sender: Sender, database: Database) -> None:
+    """Routed together (a batch's chunk), the fourth marketing message to one customer in a week is still
+    the fourth: the cap (3/7d) counts the ones routed before it in the same transaction."""
+    with database.transaction() as session:
+        ids = marketing_offers(sender, session, 4)
+        routed = service.route_many(session, sender.settings, ids, actor="test")
+    assert sorted(d.communication_id for d in routed.deliveries) == sorted(ids[:3])
+    with database.read() as session:
+        statuses = [service.get_communication(session, i).status for i in ids]
+        last = service.get_communication(session, ids[3])
+        suppressed = session.scalars(
+            select(AuditEvent.payload).where(
+                AuditEvent.subject_id == ids[3], AuditEvent.action == "communication.suppressed"
+            )
+        ).all()
+    assert statuses == ["routed", "routed", "routed", "suppressed"]
+    assert last.routing["chain"] == []
+    assert {"channel": "email", "reason": "frequency cap: 3/7d marketing communications"} in [
+        json.loads(payload) for payload in suppressed
+    ]
 
 
 def test_batch_lines_too_long_quoted_newlines_byte_order_marks_and_bad_bytes() -> None:

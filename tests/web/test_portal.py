@@ -50,7 +50,7 @@ def deliver(
             channels=[Channel.portal],
             actor="test:sender",
         )
-        [delivery] = service.route(session, settings, communication, actor="test:router")
+        [delivery] = service.route_many(session, settings, [communication.id], actor="test:router").deliveries
     assert deliverer.deliver(delivery.id) is DeliveryStatus.delivered
     return delivery.id
 
