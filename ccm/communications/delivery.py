@@ -297,7 +297,7 @@ class Deliverer:
             raise
         return self._sent(delivery_id, sent, prepared)
 
-    def deliver_many(self, delivery_ids: Sequence[str]) -> Chunk:
+    def deliver_many(self, delivery_ids: Sequence[str], *, deadline: float | None = None) -> Chunk:
         """Deliver a run of new email and SMS deliveries (a batch's) with a transaction a step for all of
         them, instead of one a step for each: read together, each rendered, prepared and stored, claimed
         together with their artifacts logged, each sent, recorded together. The same steps as deliver(),
@@ -306,8 +306,10 @@ class Deliverer:
         What is not that plain case (already prepared before, another channel, an SMS outside its send
         window, a retry not yet due, anything that fails before it is sent) is answered as `one_by_one`,
         for deliver() to take on its own, where every way it can go has its handling. Nothing is claimed or
-        sent after half the actor's time limit: what is left then is answered as `again`."""
-        deadline = time.monotonic() + queueing.chunk_seconds(self.settings)
+        sent after `deadline` (a time.monotonic(); by default half the actor's time limit from now): what is
+        left then is answered as `again`."""
+        if deadline is None:
+            deadline = time.monotonic() + queueing.chunk_seconds(self.settings)
         chunk = Chunk()
         now = utcnow()
         with self.database.read() as session:

@@ -80,15 +80,18 @@ class Pipeline:
         settings: Settings,
         deliverer: Deliverer,
         queue: Queue,
-        deliver_chunk: Callable[[list[str]], Chunk] | None = None,
+        deliver_chunk: Callable[[list[str], float], Chunk] | None = None,
     ) -> None:
         """`deliver_chunk`: where a batch's chunks are delivered (processes of their own,
-        ccm.communications.processes); by default the deliverer, in this process."""
+        ccm.communications.processes), given the ids and the time.monotonic() after which nothing more may
+        start; by default the deliverer, in this process."""
         self.database = database
         self.settings = settings
         self.deliverer = deliverer
         self.queue = queue
-        self.deliver_chunk = deliver_chunk or deliverer.deliver_many
+        self.deliver_chunk = deliver_chunk or (
+            lambda ids, deadline: deliverer.deliver_many(ids, deadline=deadline)
+        )
 
     # --- routing --------------------------------------------------------------------------------------------
 
@@ -166,10 +169,11 @@ class Pipeline:
     def deliver_many(self, delivery_ids: list[str]) -> None:
         """A batch's deliveries, a chunk at a time (Deliverer.deliver_many); what needs more than the
         plain steps is delivered one by one, and failures are retried or fall back as deliver() does. All
-        within half the actor's time limit: what is left then is queued again, each on its own."""
+        within half the actor's time limit, counted from here (however long the chunk waits for a delivery
+        process): what is left then is queued again, each on its own."""
         deadline = time.monotonic() + queueing.chunk_seconds(self.settings)
         try:
-            chunk = self.deliver_chunk(delivery_ids)
+            chunk = self.deliver_chunk(delivery_ids, deadline)
         except Exception as exc:  # noqa: BLE001  # each again on its own, where a failure is its own
             # A database error, a delivery process lost: what the chunk had claimed waits for its lease.
             log.error(

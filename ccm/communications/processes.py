@@ -52,10 +52,12 @@ def _ready() -> None:
     """Nothing: submitted to start a process (and its initializer) ahead of the first chunk."""
 
 
-def _deliver_chunk(delivery_ids: list[str]) -> Chunk:
+def _deliver_chunk(delivery_ids: list[str], deadline: float) -> Chunk:
+    """`deadline`: the parent's time.monotonic() after which nothing more may start. Linux's monotonic clock
+    is the machine's, the same in every process, and these processes always run beside their parent."""
     if _deliverer is None:  # pragma: no cover - the initializer always ran
         raise RuntimeError("the delivery process was not started")
-    return _deliverer.deliver_many(delivery_ids)
+    return _deliverer.deliver_many(delivery_ids, deadline=deadline)
 
 
 class DeliveryProcesses:
@@ -98,20 +100,21 @@ class DeliveryProcesses:
                 self._pools[slot] = None
         pool.shutdown(wait=False, cancel_futures=True)
 
-    def deliver_many(self, delivery_ids: list[str]) -> Chunk:
-        """Deliver the chunk in a free process (waiting for one, while every one is busy)."""
+    def deliver_many(self, delivery_ids: list[str], deadline: float) -> Chunk:
+        """Deliver the chunk in a free process (waiting for one, while every one is busy); nothing more is
+        started after `deadline`, however long the chunk waited for its process."""
         with waiting_on_provider():  # this thread only waits: another may work meanwhile
             slot = self._free.get()
             try:
-                return self._deliver_in(slot, delivery_ids)
+                return self._deliver_in(slot, delivery_ids, deadline)
             finally:
                 self._free.put(slot)
 
-    def _deliver_in(self, slot: int, delivery_ids: list[str]) -> Chunk:
+    def _deliver_in(self, slot: int, delivery_ids: list[str], deadline: float) -> Chunk:
         for _ in range(2):
             pool = self._executor(slot)
             try:
-                future = pool.submit(_deliver_chunk, delivery_ids)
+                future = pool.submit(_deliver_chunk, delivery_ids, deadline)
             except BrokenProcessPool:  # it died while idle: nothing of this chunk reached it
                 self._replace(slot, pool)
                 continue

@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from fastapi.testclient import TestClient
@@ -21,6 +22,11 @@ from tests.channels.smtp_sink import SmtpSink
 from tests.communications.conftest import Sender, sample
 
 
+def soon() -> float:
+    """A chunk's deadline: a minute from now."""
+    return time.monotonic() + 60
+
+
 def test_a_chunk_is_delivered_in_another_process_and_a_killed_one_is_replaced(
     sender: Sender, database: Database, sink: SmtpSink
 ) -> None:
@@ -29,7 +35,7 @@ def test_a_chunk_is_delivered_in_another_process_and_a_killed_one_is_replaced(
     before = set(multiprocessing.active_children())
     processes = DeliveryProcesses(sender.settings, 1, database.url)
     try:
-        chunk = processes.deliver_many(first)
+        chunk = processes.deliver_many(first, soon())
         assert chunk.statuses == dict.fromkeys(first, DeliveryStatus.sent)
         assert [sender.delivery(d).status for d in first] == ["sent"] * 3
         [child] = [p for p in multiprocessing.active_children() if p not in before and p.pid != os.getpid()][
@@ -44,18 +50,45 @@ def test_a_chunk_is_delivered_in_another_process_and_a_killed_one_is_replaced(
             time.sleep(0.05)
         second = [sender.create("payment_reminder", "CUST-1001", data, [Channel.email])[0] for _ in range(2)]
         try:
-            chunk = processes.deliver_many(second)  # the dead process seen before submitting: a new one
+            # The dead process seen before submitting: a new one.
+            chunk = processes.deliver_many(second, soon())
         except BrokenProcessPool:
             # Seen only once the chunk was handed to it: the actor fails, nothing of the chunk was claimed,
             # and the next chunk goes to a new process.
             assert [sender.delivery(d).status for d in second] == ["pending"] * 2
-            chunk = processes.deliver_many(second)
+            chunk = processes.deliver_many(second, soon())
         assert chunk.statuses == dict.fromkeys(second, DeliveryStatus.sent)
         [replacement] = [p for p in multiprocessing.active_children() if p not in before and p.is_alive()]
         assert replacement.pid != child.pid
     finally:
         processes.close()
     assert len(sink.handler.messages) == 5
+
+
+def test_chunks_given_at_once_wait_for_the_process_and_keep_the_callers_deadline(
+    sender: Sender, database: Database, sink: SmtpSink
+) -> None:
+    """Two chunks handed to one process at once are each delivered, once, one after the other; a chunk
+    whose deadline (the caller's clock) passed while it waited sends nothing and answers every delivery as
+    to queue again."""
+    data = sample("payment_reminder")
+    chunks = [
+        [sender.create("payment_reminder", "CUST-1001", data, [Channel.email])[0] for _ in range(3)]
+        for _ in range(2)
+    ]
+    late = [sender.create("payment_reminder", "CUST-1001", data, [Channel.email])[0] for _ in range(2)]
+    processes = DeliveryProcesses(sender.settings, 1, database.url)
+    try:
+        with ThreadPoolExecutor(2) as callers:
+            answers = list(callers.map(lambda ids: processes.deliver_many(ids, soon()), chunks))
+        expired = processes.deliver_many(late, time.monotonic() - 1)
+    finally:
+        processes.close()
+    for ids, chunk in zip(chunks, answers, strict=True):
+        assert chunk.statuses == dict.fromkeys(ids, DeliveryStatus.sent)
+    assert sorted(expired.again) == sorted(late)
+    assert [sender.delivery(d).status for d in late] == ["pending"] * 2
+    assert len(sink.handler.messages) == 6
 
 
 def test_the_server_starts_its_delivery_processes_with_it_and_stops_them_with_it(
