@@ -2,7 +2,7 @@
 
 ccm's side is the whole send pipeline as it runs: `python -m ccm serve` (embedded mode: the Dramatiq worker's
 threads and the relay inside the API process, a batch's chunks delivered in CCM_DELIVERY_PROCESSES processes
-beside it, 2 by default; the CPU figure counts them all) on a fresh SQLite database with the starter
+beside it, 3 by default; the CPU figure counts them all) on a fresh SQLite database with the starter
 templates published and N customers with email addresses; a JSON Lines file of N `payment_reminder`
 triggers (channels ["email"], each to its own customer, with its own amount) streamed to POST /v1/batches;
 the clock stops when GET /v1/batches/{id} says all N are `sent`, each one accepted, routed, rendered, stored
