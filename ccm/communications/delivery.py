@@ -224,7 +224,6 @@ _CHUNK_COMMUNICATIONS = select(
     Communication.options,
     Communication.created_at,
 ).where(Communication.id.in_(service.IDS))
-_CHUNK_CUSTOMERS = select(*cast(Table, Customer.__table__).c).where(Customer.id.in_(service.IDS))
 
 
 def _plain(delivery: _DeliveryFacts) -> bool:
@@ -582,7 +581,7 @@ class Deliverer:
         customers = {
             c.id: customer_context(c)
             for c in session.execute(
-                _CHUNK_CUSTOMERS, {"ids": list({c.customer_id for c in communications.values()})}
+                service.CUSTOMER_ROWS, {"ids": list({c.customer_id for c in communications.values()})}
             )
         }
         versions: dict[int, tuple[Template, LoadedVersion]] = {}

@@ -446,7 +446,7 @@ def emit_status(
 
 
 class RoutableCommunication(routing.Routable, Protocol):
-    """What routing reads of an accepted communication: a row of ROUTE_COLUMNS."""
+    """What routing reads of an accepted communication: a row of _ROUTE_ROWS."""
 
     @property
     def customer_id(self) -> int: ...
@@ -463,7 +463,7 @@ class RoutableCustomer(routing.Recipient, StoredProfile, Protocol):
 
 
 # What routing reads of communications, locked, in the order every lock on more than one takes.
-ROUTE_COLUMNS = (
+_ROUTE_ROWS = (
     select(
         Communication.id,
         Communication.customer_id,
@@ -497,7 +497,8 @@ _REQUEUED = (
     .where(_COMMUNICATIONS.c.id == bindparam("b_id"))
     .values(enqueued_at=bindparam("b_enqueued_at", type_=_COMMUNICATIONS.c.enqueued_at.type))
 )
-_ROUTE_CUSTOMERS = select(*cast(Table, Customer.__table__).c).where(Customer.id.in_(IDS))
+# Whole rows of the customers whose ids are bound as `ids` (routing's, and a delivery chunk's).
+CUSTOMER_ROWS = select(*cast(Table, Customer.__table__).c).where(Customer.id.in_(IDS))
 _ROUTE_PARTS = select(TemplateVersion.id, TemplateVersion.content).where(TemplateVersion.id.in_(IDS))
 
 
@@ -529,9 +530,9 @@ def route_many(
     flushing each communication, customer and delivery was most of what routing a batch's chunk cost."""
     now = utcnow()
     result = RoutedMany()
-    communications = list(session.execute(ROUTE_COLUMNS, {"ids": list(set(communication_ids))}))
+    communications = list(session.execute(_ROUTE_ROWS, {"ids": list(set(communication_ids))}))
     customer_ids = {c.customer_id for c in communications}
-    customers = {c.id: c for c in session.execute(_ROUTE_CUSTOMERS, {"ids": list(customer_ids)})}
+    customers = {c.id: c for c in session.execute(CUSTOMER_ROWS, {"ids": list(customer_ids)})}
     versions = {c.template_version_id for c in communications}
     parts = {
         v.id: frozenset(v.content.get("parts", {}))
@@ -547,6 +548,7 @@ def route_many(
     requeued: list[dict[str, Any]] = []
     routed: list[dict[str, Any]] = []
     deliveries: list[dict[str, Any]] = []
+    enqueued_at = queueing.enqueued_at(settings, now, now)  # each new delivery's: handed over at once
 
     def write() -> None:
         for statement, rows in ((_REQUEUED, requeued), (_ROUTED, routed), (_INSERT_DELIVERIES, deliveries)):
@@ -589,7 +591,7 @@ def route_many(
             }
         )
         for row in made:
-            row["enqueued_at"] = queueing.enqueued_at(settings, now, now)
+            row["enqueued_at"] = enqueued_at
             deliveries.append(row)
             result.deliveries.append(NewDelivery(row["id"], communication.id, row["channel"], bulk))
     write()
